@@ -1,0 +1,81 @@
+"""Resource names and the identifiers that may end up in file paths."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# RFC 1035 label, as Compute Engine names and clone job ids are.
+RFC1035 = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+# A segment of a parent name: letters, digits, '-', '_' and '.', at most 63,
+# starting and ending with a letter or digit; so never '.', '..' or a slash.
+SEGMENT = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+
+PARENT_PATTERN = (
+    "projects/{project}/locations/{location}/sources/{source}/migratingVms/{migrating_vm}"
+)
+JOB_PATTERN = PARENT_PATTERN + "/cloneJobs/{clone_job}"
+
+
+class InvalidNameError(ValueError):
+    """A resource name that does not match its pattern; the message says why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigratingVmName:
+    """`projects/{project}/locations/{location}/sources/{source}/migratingVms/{vm}`."""
+
+    project: str
+    location: str
+    source: str
+    migrating_vm: str
+
+    def __str__(self) -> str:
+        return (
+            f"projects/{self.project}/locations/{self.location}"
+            f"/sources/{self.source}/migratingVms/{self.migrating_vm}"
+        )
+
+    def segments(self) -> tuple[str, ...]:
+        """The name's path segments, each safe as a single path component."""
+        return tuple(str(self).split("/"))
+
+    @classmethod
+    def parse(cls, value: str) -> MigratingVmName:
+        parts = value.split("/")
+        if len(parts) != 8 or parts[0::2] != ["projects", "locations", "sources", "migratingVms"]:
+            raise InvalidNameError(f"must have the form {PARENT_PATTERN}")
+        for collection, segment in zip(parts[0::2], parts[1::2], strict=True):
+            if not SEGMENT.fullmatch(segment):
+                raise InvalidNameError(
+                    f"the {collection} id must be 1 to 63 letters, digits, '.', '_' or '-',"
+                    " starting and ending with a letter or digit"
+                )
+        return cls(project=parts[1], location=parts[3], source=parts[5], migrating_vm=parts[7])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloneJobName:
+    """`{migrating VM name}/cloneJobs/{clone_job}`."""
+
+    parent: MigratingVmName
+    clone_job_id: str
+
+    def __str__(self) -> str:
+        return f"{self.parent}/cloneJobs/{self.clone_job_id}"
+
+    @classmethod
+    def parse(cls, value: str) -> CloneJobName:
+        head, sep, job_id = value.rpartition("/cloneJobs/")
+        if not sep:
+            raise InvalidNameError(f"must have the form {JOB_PATTERN}")
+        try:
+            parent = MigratingVmName.parse(head)
+        except InvalidNameError:
+            raise InvalidNameError(f"must have the form {JOB_PATTERN}") from None
+        if not RFC1035.fullmatch(job_id):
+            raise InvalidNameError(
+                "the clone job id must be a lowercase letter followed by up to 62 lowercase"
+                " letters, digits or hyphens, not ending in a hyphen (RFC 1035)"
+            )
+        return cls(parent=parent, clone_job_id=job_id)

@@ -1,0 +1,272 @@
+"""Validation of client input, field by field, reporting every violation at once.
+
+Input arrives as the protobuf JSON mapping with proto field names, so this module
+needs no generated code. Every name that can reach a file path is held to a
+pattern that cannot express `..`, `/`, NUL or anything outside ASCII.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.job import TargetKind, TargetSpec
+from server.domain.names import RFC1035, CloneJobName, InvalidNameError, MigratingVmName
+
+MAX_LABELS = 64
+MAX_METADATA_ENTRIES = 128
+MAX_METADATA_BYTES = 512 * 1024
+MAX_LIST_ITEMS = 64
+MAX_NETWORK_INTERFACES = 8
+
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+RESOURCE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.:-]{0,1023}")
+SERVICE_ACCOUNT = re.compile(r"[A-Za-z0-9._%+-]{1,128}@[A-Za-z0-9.-]{1,128}")
+ZERO_UUID = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One bad field: its proto path and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+RFC1035_RULE = (
+    "must be 1 to 63 characters: a lowercase letter, then lowercase letters, digits"
+    " or hyphens, not ending in a hyphen (RFC 1035)"
+)
+
+
+def check_parent(value: str, field: str, out: list[Violation]) -> MigratingVmName | None:
+    if not value:
+        out.append(Violation(field, "is required"))
+        return None
+    try:
+        return MigratingVmName.parse(value)
+    except InvalidNameError as error:
+        out.append(Violation(field, f"{_shown(value)} {error}"))
+        return None
+
+
+def check_job_name(value: str, field: str, out: list[Violation]) -> CloneJobName | None:
+    if not value:
+        out.append(Violation(field, "is required"))
+        return None
+    try:
+        return CloneJobName.parse(value)
+    except InvalidNameError as error:
+        out.append(Violation(field, f"{_shown(value)} {error}"))
+        return None
+
+
+def check_request_id(value: str, out: list[Violation]) -> None:
+    if not value:
+        return
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        out.append(Violation("request_id", f"{_shown(value)} is not a UUID"))
+        return
+    if parsed == ZERO_UUID:
+        out.append(Violation("request_id", "must not be the zero UUID"))
+
+
+def _shown(value: str) -> str:
+    """A value quoted for an error message, cut short and free of control characters."""
+    text = value if len(value) <= 80 else value[:77] + "..."
+    return repr(text)
+
+
+def _rfc1035(value: Any, field: str, out: list[Violation], *, required: bool) -> str:
+    if not value:
+        if required:
+            out.append(Violation(field, "is required"))
+        return ""
+    if not isinstance(value, str) or not RFC1035.fullmatch(value):
+        out.append(Violation(field, f"{_shown(str(value))} {RFC1035_RULE}"))
+        return ""
+    return value
+
+
+def _enum(value: Any, field: str, out: list[Violation]) -> None:
+    # The JSON mapping writes enum values it does not know as numbers.
+    if isinstance(value, int):
+        out.append(Violation(field, f"{value} is not a known value of this enum"))
+
+
+def _strings(
+    values: Any, field: str, pattern: re.Pattern[str], rule: str, out: list[Violation],
+    limit: int = MAX_LIST_ITEMS,
+) -> None:
+    if len(values) > limit:
+        out.append(Violation(field, f"has {len(values)} items; at most {limit} are allowed"))
+        return
+    for i, item in enumerate(values):
+        if not pattern.fullmatch(item):
+            out.append(Violation(f"{field}[{i}]", f"{_shown(item)} {rule}"))
+
+
+def check_vm_target(
+    details: Mapping[str, Any], parent: MigratingVmName | None, out: list[Violation]
+) -> TargetSpec | None:
+    """Validate compute_engine_target_details; returns the spec with defaults filled in."""
+    base = "clone_job.compute_engine_target_details"
+    before = len(out)
+    vm_name = _rfc1035(details.get("vm_name"), f"{base}.vm_name", out, required=True)
+    zone = _rfc1035(details.get("zone"), f"{base}.zone", out, required=True)
+    machine_type = _rfc1035(details.get("machine_type"), f"{base}.machine_type", out, required=True)
+    _rfc1035(details.get("machine_type_series"), f"{base}.machine_type_series", out, required=False)
+    project = details.get("project") or ""
+    if project:
+        project = _rfc1035(project, f"{base}.project", out, required=True)
+    elif parent is not None:
+        project = parent.project
+        if not RFC1035.fullmatch(project):
+            out.append(
+                Violation(
+                    f"{base}.project",
+                    f"is empty, and the parent's project {_shown(project)}, its default,"
+                    f" {RFC1035_RULE}",
+                )
+            )
+    hostname = details.get("hostname", "")
+    if hostname and not HOSTNAME.fullmatch(hostname):
+        out.append(Violation(f"{base}.hostname", f"{_shown(hostname)} is not a valid host name"))
+    account = details.get("service_account", "")
+    if account and not SERVICE_ACCOUNT.fullmatch(account):
+        out.append(
+            Violation(f"{base}.service_account", f"{_shown(account)} is not a service account email")
+        )
+    _strings(
+        details.get("network_tags", []), f"{base}.network_tags", RFC1035, RFC1035_RULE, out
+    )
+    _strings(
+        details.get("disk_replica_zones", []), f"{base}.disk_replica_zones", RFC1035,
+        RFC1035_RULE, out, limit=2,
+    )
+    _strings(
+        details.get("additional_licenses", []), f"{base}.additional_licenses", RESOURCE_REF,
+        "is not a license resource name", out,
+    )
+    _check_labels(details.get("labels", {}), f"{base}.labels", out)
+    _check_metadata(details.get("metadata", {}), f"{base}.metadata", out)
+    interfaces = details.get("network_interfaces", [])
+    if len(interfaces) > MAX_NETWORK_INTERFACES:
+        out.append(
+            Violation(
+                f"{base}.network_interfaces",
+                f"has {len(interfaces)} items; at most {MAX_NETWORK_INTERFACES} are allowed",
+            )
+        )
+    else:
+        for i, nic in enumerate(interfaces):
+            _check_nic(nic, f"{base}.network_interfaces[{i}]", out)
+    for name in ("disk_type", "license_type", "boot_conversion"):
+        _enum(details.get(name), f"{base}.{name}", out)
+    scheduling = details.get("compute_scheduling", {})
+    for name in ("on_host_maintenance", "restart_type"):
+        _enum(scheduling.get(name), f"{base}.compute_scheduling.{name}", out)
+    for i, affinity in enumerate(scheduling.get("node_affinities", [])):
+        _enum(affinity.get("operator"), f"{base}.compute_scheduling.node_affinities[{i}].operator", out)
+    if len(out) > before or parent is None:
+        return None
+    filled = dict(details)
+    filled["project"] = project
+    return TargetSpec(
+        kind=TargetKind.VM,
+        project=project,
+        zone=zone,
+        vm_name=vm_name,
+        machine_type=machine_type,
+        details=filled,
+    )
+
+
+def _check_nic(nic: Mapping[str, Any], field: str, out: list[Violation]) -> None:
+    for name in ("network", "subnetwork"):
+        value = nic.get(name, "")
+        if value and not RESOURCE_REF.fullmatch(value):
+            out.append(Violation(f"{field}.{name}", f"{_shown(value)} is not a network name"))
+    for name in ("internal_ip", "external_ip"):
+        value = nic.get(name, "")
+        if not value:
+            continue
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not RFC1035.fullmatch(value):
+                out.append(
+                    Violation(
+                        f"{field}.{name}",
+                        f"{_shown(value)} is neither an IP address nor an address name",
+                    )
+                )
+    _enum(nic.get("network_tier"), f"{field}.network_tier", out)
+
+
+def _check_labels(labels: Mapping[str, str], field: str, out: list[Violation]) -> None:
+    if len(labels) > MAX_LABELS:
+        out.append(Violation(field, f"has {len(labels)} labels; at most {MAX_LABELS} are allowed"))
+        return
+    for key, value in labels.items():
+        if not LABEL_KEY.fullmatch(key):
+            out.append(
+                Violation(
+                    f"{field}[{key[:63]!r}]",
+                    "label keys must start with a lowercase letter and have at most 63"
+                    " lowercase letters, digits, '_' or '-'",
+                )
+            )
+        elif not LABEL_VALUE.fullmatch(value):
+            out.append(
+                Violation(
+                    f"{field}[{key!r}]",
+                    f"{_shown(value)}: label values have at most 63 lowercase letters,"
+                    " digits, '_' or '-'",
+                )
+            )
+
+
+def _check_metadata(metadata: Mapping[str, str], field: str, out: list[Violation]) -> None:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        out.append(
+            Violation(
+                field,
+                f"has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed",
+            )
+        )
+        return
+    size = 0
+    for key, value in metadata.items():
+        size += len(key.encode()) + len(value.encode())
+        if not METADATA_KEY.fullmatch(key):
+            out.append(
+                Violation(
+                    f"{field}[{key[:128]!r}]",
+                    "metadata keys have 1 to 128 letters, digits, '_' or '-'",
+                )
+            )
+    if size > MAX_METADATA_BYTES:
+        out.append(
+            Violation(field, f"is {size} bytes; at most {MAX_METADATA_BYTES} bytes are allowed")
+        )
+
+
+def disks_target(details: Mapping[str, Any], parent: MigratingVmName) -> TargetSpec:
+    """A disks-only clone goes to the migrating VM's project, in a zone named after
+    its location."""
+    return TargetSpec(
+        kind=TargetKind.DISKS,
+        project=parent.project,
+        zone=parent.location,
+        details=dict(details),
+    )

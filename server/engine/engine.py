@@ -1,0 +1,405 @@
+"""The engine: every change to a job goes through here.
+
+A change is computed from the stored job under that job's lock, committed to
+the store, and only then published to watchers and returned to callers, so no
+one ever sees a change that a crash could take back. At start the engine picks
+up every job a previous process left unfinished: it re-runs the interrupted
+step (each step is safe to repeat) or finishes a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from server.domain.errors import (
+    JobExistsError,
+    JobFinishedError,
+    JobNotFoundError,
+    RequestIdReusedError,
+    RevisionOutOfRangeError,
+    StepCancelledError,
+    StepFailedError,
+)
+from server.domain.job import (
+    CloneJob,
+    ErrorCode,
+    JobError,
+    Progress,
+    State,
+    StepKind,
+    TargetResult,
+)
+from server.domain.listing import ListQuery
+from server.engine.broadcast import Hub
+from server.store.base import DuplicateJobError, JobStore
+from server.targets.base import Target
+
+log = logging.getLogger("clonejob.engine")
+
+# Progress commits per job are at most this often; state changes are never held back.
+PROGRESS_INTERVAL = 0.1
+CLEANUP_ATTEMPTS = 3
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent on an idle watch: the job is still at `revision`."""
+
+    revision: int
+
+
+@dataclass(slots=True)
+class _Run:
+    """What the engine holds for a job it is running."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    progress_task: asyncio.Task[None] | None = None
+    last_progress: float = 0.0
+    last_percent: int = -1
+
+
+class Engine:
+    def __init__(
+        self,
+        store: JobStore,
+        target: Target,
+        *,
+        max_concurrent_jobs: int = 4,
+        hub: Hub | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.target = target
+        self.hub = hub or Hub()
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_concurrent_jobs)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._runs: dict[str, _Run] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    # -- lifecycle --
+
+    async def start(self) -> int:
+        """Resume every unfinished job; returns how many."""
+        unfinished = await self.store.unfinished()
+        for job in unfinished:
+            log.info("resuming %s from %s", job.name, job.state.name)
+            self._submit(job.name)
+        return len(unfinished)
+
+    async def stop(self) -> None:
+        """Stop running jobs where they are; the next start resumes them."""
+        self._stopping = True
+        self.hub.close()
+        for run in self._runs.values():
+            run.cancelled.set()  # worker threads stop copying; the restart re-runs the step
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._tasks)
+
+    # -- the calls --
+
+    async def create(self, job: CloneJob) -> CloneJob:
+        """Store a new job and start it; a retry with the same request id gets the original."""
+        if job.request_id:
+            existing = await self.store.get_by_request_id(job.request_id)
+            if existing is not None:
+                return self._same_request(job, existing)
+        try:
+            await self.store.create(job)
+        except DuplicateJobError as dup:
+            if job.request_id and dup.existing.request_id == job.request_id:
+                return self._same_request(job, dup.existing)
+            raise JobExistsError(dup.existing) from None
+        self.hub.publish(job)
+        self._submit(job.name)
+        return job
+
+    @staticmethod
+    def _same_request(job: CloneJob, existing: CloneJob) -> CloneJob:
+        if existing.request_hash != job.request_hash:
+            raise RequestIdReusedError(job.request_id, existing)
+        return existing
+
+    async def get(self, name: str) -> CloneJob:
+        job = await self.store.get(name)
+        if job is None:
+            raise JobNotFoundError(name)
+        return job
+
+    async def list(self, query: ListQuery) -> Sequence[CloneJob]:
+        return await self.store.list(query)
+
+    async def cancel(self, name: str) -> CloneJob:
+        """CANCELLING at once; the job's task then cleans up and ends CANCELLED."""
+
+        def request(job: CloneJob) -> CloneJob:
+            if job.state in (State.SUCCEEDED, State.FAILED):
+                raise JobFinishedError(job)
+            return job.request_cancel(self._clock())
+
+        job = await self._change(name, request)
+        run = self._runs.get(name)
+        if run is not None:
+            run.cancelled.set()
+            run.wake.set()
+        elif job.state is State.CANCELLING and not self._stopping:
+            self._submit(name)
+        return job
+
+    async def watch(
+        self, name: str, *, after_revision: int, heartbeat_interval: float
+    ) -> AsyncIterator[CloneJob | Heartbeat]:
+        """Every committed change after `after_revision`, once and in order.
+
+        With `after_revision` 0 the first item is the current job. Ends after
+        the job's terminal state; raises WatchClosedError at shutdown and
+        WatcherTooSlowError when the reader falls behind.
+        """
+        sub = self.hub.subscribe(name)  # before reading, so no change falls in between
+        try:
+            job = await self.get(name)
+            last = after_revision
+            if after_revision > job.revision:
+                raise RevisionOutOfRangeError(name, after_revision, 0, job.revision)
+            if after_revision <= 0:
+                yield job
+                last = job.revision
+            elif after_revision < job.revision:
+                oldest = await self.store.oldest_revision(name)
+                if after_revision < oldest - 1:
+                    raise RevisionOutOfRangeError(name, after_revision, oldest, job.revision)
+                for past in await self.store.revisions(name, after=after_revision):
+                    yield past
+                    last = past.revision
+            if job.state.terminal and last >= job.revision:
+                return
+            while True:
+                item = await sub.next(heartbeat_interval)
+                if item is None:
+                    yield Heartbeat(last)
+                    continue
+                if item.revision <= last:
+                    continue
+                yield item
+                last = item.revision
+                if item.state.terminal:
+                    return
+        finally:
+            sub.close()
+
+    # -- changes --
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def _change(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
+        """Apply `fn` to the stored job, commit, then publish. The one way jobs change."""
+        async with self._lock(name):
+            job = await self.get(name)
+            new = fn(job)
+            if new is not job:
+                await self.store.update(new, expected_revision=job.revision)
+                self.hub.publish(new)
+            return new
+
+    async def _advance(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
+        """Like `_change`, but leaves a cancelling or ended job as it is."""
+
+        def guarded(job: CloneJob) -> CloneJob:
+            if job.state is State.CANCELLING or job.state.terminal:
+                return job
+            return fn(job)
+
+        return await self._change(name, guarded)
+
+    # -- running jobs --
+
+    def _submit(self, name: str) -> None:
+        if name in self._tasks:
+            return
+        run = self._runs[name] = _Run()
+        task = asyncio.create_task(self._run(name, run), name=f"job {name}")
+        self._tasks[name] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.pop(name, None)
+            self._runs.pop(name, None)
+            lock = self._locks.get(name)
+            if lock is not None and not lock.locked():
+                del self._locks[name]
+            if not t.cancelled() and t.exception() is not None:
+                log.error("job %s stopped unexpectedly", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _run(self, name: str, run: _Run) -> None:
+        job = await self.get(name)
+        if job.state is State.CANCELLING:
+            await self._finish(job, None)
+            return
+        if not await self._acquire_slot(run):
+            await self._finish(await self.get(name), None)
+            return
+        try:
+            await self._steps(name, run)
+        finally:
+            self._slots.release()
+
+    async def _acquire_slot(self, run: _Run) -> bool:
+        """Wait for a free slot; False when the job is cancelled while waiting."""
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        woken = asyncio.ensure_future(run.wake.wait())
+        try:
+            await asyncio.wait({acquire, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not acquire.done():
+                acquire.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if run.cancelled.is_set():
+                self._slots.release()
+                return False
+            return True
+        return False
+
+    async def _steps(self, name: str, run: _Run) -> None:
+        while True:
+            job = await self.get(name)
+            if job.state is State.CANCELLING:
+                await self._finish(job, None)
+                return
+            if job.state.terminal:
+                return
+            kind = job.next_step()
+            if kind is None:
+                await self._advance(name, lambda j: j.succeed(self._clock()))
+                continue
+            job = await self._advance(name, lambda j, k=kind: j.start_step(k, self._clock()))
+            if job.state is State.CANCELLING or job.state.terminal:
+                continue
+            try:
+                result = await self._step(job, kind, run)
+            except StepCancelledError:
+                continue
+            except StepFailedError as failure:
+                await self._finish(await self.get(name), failure.error)
+                return
+            except OSError as error:
+                await self._finish(await self.get(name), _io_error(kind, error))
+                return
+            await self._wait_progress(run)
+            await self._advance(name, lambda j, r=result: j.finish_step(self._clock(), r))
+
+    async def _step(self, job: CloneJob, kind: StepKind, run: _Run) -> TargetResult:
+        if kind is StepKind.PREPARING_VM_DISKS:
+            loop = asyncio.get_running_loop()
+
+            def progress(done: int, total: int) -> None:
+                loop.call_soon_threadsafe(self._progress, job.name, run, done, total)
+
+            return await self.target.prepare_disks(job, progress, run.cancelled)
+        if kind is StepKind.ADAPTING_OS:
+            return await self.target.adapt_os(job, run.cancelled)
+        return await self.target.instantiate(job, run.cancelled)
+
+    def _progress(self, name: str, run: _Run, done: int, total: int) -> None:
+        percent = 100 if total <= 0 else min(100, done * 100 // total)
+        now = time.monotonic()
+        if run.progress_task is not None and not run.progress_task.done():
+            return
+        if percent == run.last_percent or (
+            percent < 100 and now - run.last_progress < PROGRESS_INTERVAL
+        ):
+            return
+        run.last_progress, run.last_percent = now, percent
+        value = Progress(percent=percent, bytes_done=done, bytes_total=total)
+
+        def apply(job: CloneJob) -> CloneJob:
+            if job.running_step is None or job.running_step.kind is not StepKind.PREPARING_VM_DISKS:
+                return job
+            return job.with_progress(value, self._clock())
+
+        run.progress_task = asyncio.create_task(self._progress_commit(name, apply))
+
+    async def _progress_commit(self, name: str, apply: Callable[[CloneJob], CloneJob]) -> None:
+        await self._advance(name, apply)
+
+    @staticmethod
+    async def _wait_progress(run: _Run) -> None:
+        if run.progress_task is not None:
+            await asyncio.gather(run.progress_task, return_exceptions=True)
+
+    async def _finish(self, job: CloneJob, error: JobError | None) -> None:
+        """Delete what the job made, then end it CANCELLED (when asked) or FAILED."""
+        cleanup_error: BaseException | None = None
+        for attempt in range(1, CLEANUP_ATTEMPTS + 1):
+            try:
+                await self.target.cleanup(job)
+                cleanup_error = None
+                break
+            except OSError as failure:
+                cleanup_error = failure
+                log.warning("cleanup of %s failed (attempt %d): %s", job.name, attempt, failure)
+        if cleanup_error is not None:
+            error = JobError(
+                code=ErrorCode.INTERNAL if error is None else error.code,
+                reason="CLEANUP_FAILED" if error is None else error.reason,
+                message=(error.message + "; " if error else "")
+                + f"deleting what the job created failed: {cleanup_error}",
+            )
+
+        def end(current: CloneJob) -> CloneJob:
+            if current.state.terminal:
+                return current
+            now = self._clock()
+            if current.state is State.CANCELLING and cleanup_error is None:
+                return current.cancelled(now)
+            return current.fail(error or _UNEXPECTED, now)
+
+        final = await self._change(job.name, end)
+        log.info("job %s ended %s", job.name, final.state.name)
+
+
+_UNEXPECTED = JobError(
+    code=ErrorCode.INTERNAL, reason="ENGINE_ERROR", message="the job stopped unexpectedly"
+)
+
+
+def _io_error(kind: StepKind, error: OSError) -> JobError:
+    import errno
+
+    step = kind.value.replace("_", " ")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return JobError(
+            code=ErrorCode.RESOURCE_EXHAUSTED,
+            reason="TARGET_STORAGE_FULL",
+            message=f"the target storage is full: no space left while {step}",
+            metadata={"step": kind.value},
+        )
+    return JobError(
+        code=ErrorCode.UNAVAILABLE,
+        reason="TARGET_IO_ERROR",
+        message=f"an I/O error stopped the job while {step}: {error.strerror or error}",
+        metadata={"step": kind.value},
+    )

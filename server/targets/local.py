@@ -1,0 +1,442 @@
+"""The local target: clones into folders of the data directory.
+
+Layout (all below the data directory)::
+
+    snapshots/{migrating VM name}/cycles/{n}/manifest.json   one folder per replication cycle
+    snapshots/{migrating VM name}/cycles/{n}/disk-{k}.img    one image per source disk
+    targets/projects/{project}/zones/{zone}/disks/{base}-disk{k}-{uid}.img
+    targets/projects/{project}/zones/{zone}/instances/{vm_name}.json   the instance definition
+    targets/projects/{project}/zones/{zone}/instances/{vm_name}.xml    a libvirt domain booting it
+
+`{uid}` is derived from the clone job's full name, so a disk file can belong to
+one job only; an instance file records its job, and cleanup deletes it only when
+it is this job's. Every name that reaches a path was validated as an RFC 1035
+label or a safe name segment, and every path is checked to stay inside its root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import os
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.domain.errors import (
+    MigratingVmNotFoundError,
+    NoCompletedCycleError,
+    StepCancelledError,
+    StepFailedError,
+)
+from server.domain.job import CloneJob, ErrorCode, JobError, TargetKind, TargetResult
+from server.domain.names import CloneJobName, MigratingVmName
+from server.targets import disk_image
+from server.targets.base import ProgressFn
+
+MANIFEST = "manifest.json"
+COMPLETED = "COMPLETED"
+_LICENSES = {
+    "COMPUTE_ENGINE_LICENSE_TYPE_PAYG": "PAYG",
+    "COMPUTE_ENGINE_LICENSE_TYPE_BYOL": "BYOL",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotDisk:
+    source_disk_number: int
+    path: Path
+    size_bytes: int
+    boot: bool
+
+
+class LocalTarget:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.snapshots = data_dir / "snapshots"
+        self.targets = data_dir / "targets"
+
+    # -- paths --
+
+    @staticmethod
+    def _inside(root: Path, *parts: str) -> Path:
+        for part in parts:
+            if not part or part in (".", "..") or "/" in part or "\0" in part:
+                raise ValueError(f"unsafe path component {part!r}")
+        path = root.joinpath(*parts)
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"{path} is outside {root}")
+        return path
+
+    def vm_dir(self, vm: MigratingVmName) -> Path:
+        return self._inside(self.snapshots, *vm.segments())
+
+    def cycle_dir(self, vm: MigratingVmName, cycle: str) -> Path:
+        return self._inside(self.vm_dir(vm), "cycles", cycle)
+
+    def zone_dir(self, job: CloneJob) -> Path:
+        return self._inside(self.targets, "projects", job.target.project, "zones", job.target.zone)
+
+    def disk_path(self, job: CloneJob, number: int) -> Path:
+        return self._inside(self.zone_dir(job), "disks", f"{_disk_stem(job, number)}.img")
+
+    def instance_paths(self, job: CloneJob) -> tuple[Path, Path]:
+        folder = self._inside(self.zone_dir(job), "instances")
+        name = job.target.vm_name
+        return self._inside(folder, f"{name}.json"), self._inside(folder, f"{name}.xml")
+
+    # -- snapshots --
+
+    async def latest_cycle(self, migrating_vm: MigratingVmName) -> str:
+        return await asyncio.to_thread(self._latest_cycle, migrating_vm)
+
+    def _latest_cycle(self, vm: MigratingVmName) -> str:
+        vm_dir = self.vm_dir(vm)
+        if not vm_dir.is_dir():
+            raise MigratingVmNotFoundError(str(vm))
+        cycles = vm_dir / "cycles"
+        numbers = sorted(
+            (int(p.name) for p in cycles.iterdir() if p.name.isdigit()) if cycles.is_dir() else (),
+            reverse=True,
+        )
+        for number in numbers:
+            try:
+                self.read_cycle(vm, str(number))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            return str(number)
+        raise NoCompletedCycleError(str(vm))
+
+    def read_cycle(self, vm: MigratingVmName, cycle: str) -> list[SnapshotDisk]:
+        """The disks of a completed cycle; ValueError when the upload is incomplete."""
+        folder = self.cycle_dir(vm, cycle)
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("state") != COMPLETED:
+            raise ValueError(f"cycle {cycle} is {manifest.get('state')!r}, not {COMPLETED}")
+        disks = [
+            SnapshotDisk(
+                source_disk_number=int(d["source_disk_number"]),
+                path=self._inside(folder, str(d["file"])),
+                size_bytes=int(d["size_bytes"]),
+                boot=bool(d.get("boot", False)),
+            )
+            for d in manifest["disks"]
+        ]
+        if not disks:
+            raise ValueError(f"cycle {cycle} has no disks")
+        return sorted(disks, key=lambda d: d.source_disk_number)
+
+    def _job_disks(self, job: CloneJob) -> list[SnapshotDisk]:
+        vm = CloneJobName.parse(job.name).parent
+        try:
+            return self.read_cycle(vm, job.source_cycle)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise StepFailedError(
+                JobError(
+                    code=ErrorCode.FAILED_PRECONDITION,
+                    reason="SNAPSHOT_UNAVAILABLE",
+                    message=f"replication cycle {job.source_cycle} of {vm} cannot be read: {error}",
+                    metadata={"migrating_vm": str(vm), "cycle": job.source_cycle},
+                )
+            ) from error
+
+    # -- steps --
+
+    async def prepare_disks(
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+    ) -> TargetResult:
+        return await asyncio.to_thread(self._prepare_disks, job, progress, cancelled)
+
+    def _prepare_disks(
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+    ) -> TargetResult:
+        disks = self._job_disks(job)
+        total = sum(d.size_bytes for d in disks)
+        done_before = 0
+        uris: list[tuple[int, str]] = []
+        for disk in disks:
+            try:
+                os.close(os.open(disk.path, os.O_RDONLY))
+            except OSError as error:
+                raise StepFailedError(
+                    JobError(
+                        code=ErrorCode.DATA_LOSS,
+                        reason="SOURCE_DISK_UNREADABLE",
+                        message=(
+                            f"source disk {disk.source_disk_number} of replication cycle"
+                            f" {job.source_cycle} cannot be read: {error.strerror}"
+                        ),
+                        metadata={"source_disk_number": str(disk.source_disk_number)},
+                    )
+                ) from error
+            dst = self.disk_path(job, disk.source_disk_number)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            base = done_before
+            try:
+                disk_image.copy_sparse(
+                    disk.path,
+                    dst,
+                    on_progress=lambda done, _total, base=base: progress(base + done, total),
+                    cancelled=cancelled,
+                )
+            except disk_image.CopyCancelledError:
+                raise StepCancelledError() from None
+            except OSError as error:
+                if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise StepFailedError(
+                    JobError(
+                        code=ErrorCode.DATA_LOSS,
+                        reason="DISK_COPY_FAILED",
+                        message=(
+                            f"copying source disk {disk.source_disk_number} failed part-way:"
+                            f" {error.strerror or error}"
+                        ),
+                        metadata={"source_disk_number": str(disk.source_disk_number)},
+                    )
+                ) from error
+            done_before += disk.size_bytes
+            stem = _disk_stem(job, disk.source_disk_number)
+            uris.append(
+                (
+                    disk.source_disk_number,
+                    f"projects/{job.target.project}/zones/{job.target.zone}/disks/{stem}",
+                )
+            )
+        progress(total, total)
+        return TargetResult(disk_uris=tuple(uris))
+
+    async def adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+        return await asyncio.to_thread(self._adapt_os, job, cancelled)
+
+    def _adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+        if cancelled.is_set():
+            raise StepCancelledError()
+        disks = self._job_disks(job)
+        boot = next((d for d in disks if d.boot), disks[0])
+        try:
+            info = disk_image.detect_boot(self.disk_path(job, boot.source_disk_number))
+        except disk_image.UnbootableDiskError as error:
+            raise StepFailedError(
+                JobError(
+                    code=ErrorCode.FAILED_PRECONDITION,
+                    reason="BOOT_DISK_NOT_BOOTABLE",
+                    message=f"cannot adapt the OS: boot disk {boot.source_disk_number}: {error}",
+                    metadata={"source_disk_number": str(boot.source_disk_number)},
+                )
+            ) from error
+        license_type = _LICENSES.get(str(job.target.details.get("license_type", "")), "NONE")
+        return TargetResult(
+            boot_option="EFI" if info.firmware == "efi" else "BIOS",
+            license_type=license_type,
+            disk_uris=job.result.disk_uris,
+        )
+
+    async def instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+        return await asyncio.to_thread(self._instantiate, job, cancelled)
+
+    def _instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+        if cancelled.is_set():
+            raise StepCancelledError()
+        manifest_path, xml_path = self.instance_paths(job)
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        disks = self._job_disks(job)
+        definition = self._definition(job, disks)
+        body = json.dumps(definition, indent=2, sort_keys=True).encode()
+        # Claim the instance name atomically: link() fails if the name is taken.
+        tmp = manifest_path.with_name(f".{manifest_path.name}.{_uid(job)}.tmp")
+        _write_synced(tmp, body)
+        try:
+            os.link(tmp, manifest_path)
+        except FileExistsError:
+            if _owner(manifest_path) != job.name:
+                raise StepFailedError(
+                    JobError(
+                        code=ErrorCode.ALREADY_EXISTS,
+                        reason="INSTANCE_ALREADY_EXISTS",
+                        message=(
+                            f"an instance named {job.target.vm_name!r} already exists in"
+                            f" project {job.target.project!r}, zone {job.target.zone!r}"
+                        ),
+                        metadata={
+                            "vm_name": job.target.vm_name,
+                            "project": job.target.project,
+                            "zone": job.target.zone,
+                        },
+                    )
+                ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        xml_tmp = xml_path.with_name(f".{xml_path.name}.{_uid(job)}.tmp")
+        _write_synced(xml_tmp, self._domain_xml(job, disks))
+        os.replace(xml_tmp, xml_path)
+        _fsync_dir(manifest_path.parent)
+        return job.result
+
+    def _definition(self, job: CloneJob, disks: list[SnapshotDisk]) -> dict[str, Any]:
+        details = dict(job.target.details)
+        return {
+            "clone_job": job.name,
+            "name": job.target.vm_name,
+            "project": job.target.project,
+            "zone": job.target.zone,
+            "machine_type": job.target.machine_type,
+            "machine_type_series": details.get("machine_type_series", ""),
+            "hostname": details.get("hostname", ""),
+            "network_interfaces": details.get("network_interfaces", []),
+            "network_tags": details.get("network_tags", []),
+            "service_account": details.get("service_account", ""),
+            "labels": details.get("labels", {}),
+            "metadata": details.get("metadata", {}),
+            "boot_option": job.result.boot_option,
+            "applied_license": job.result.license_type,
+            "secure_boot": bool(details.get("secure_boot", False)),
+            "disks": [
+                {
+                    "source_disk_number": d.source_disk_number,
+                    "boot": d.boot,
+                    "size_bytes": d.size_bytes,
+                    "path": str(self.disk_path(job, d.source_disk_number).relative_to(self.data_dir)),
+                }
+                for d in disks
+            ],
+        }
+
+    def _domain_xml(self, job: CloneJob, disks: list[SnapshotDisk]) -> bytes:
+        domain = ET.Element("domain", type="kvm")
+        ET.SubElement(domain, "name").text = job.target.vm_name
+        metadata = ET.SubElement(domain, "metadata")
+        owner = ET.SubElement(metadata, "{urn:clonejob}owner")
+        owner.text = job.name
+        ET.SubElement(domain, "memory", unit="MiB").text = "2048"
+        ET.SubElement(domain, "vcpu").text = "2"
+        os_el = ET.SubElement(domain, "os", firmware="efi" if job.result.boot_option == "EFI" else "")
+        if not os_el.get("firmware"):
+            del os_el.attrib["firmware"]
+        ET.SubElement(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
+        ET.SubElement(os_el, "boot", dev="hd")
+        devices = ET.SubElement(domain, "devices")
+        for index, d in enumerate(disks):
+            disk = ET.SubElement(devices, "disk", type="file", device="disk")
+            ET.SubElement(disk, "driver", name="qemu", type="raw")
+            ET.SubElement(disk, "source", file=str(self.disk_path(job, d.source_disk_number)))
+            ET.SubElement(disk, "target", dev=f"vd{chr(ord('a') + index % 26)}", bus="virtio")
+        for _ in job.target.details.get("network_interfaces", []) or [{}]:
+            iface = ET.SubElement(devices, "interface", type="user")
+            ET.SubElement(iface, "model", type="virtio")
+        ET.indent(domain)
+        return ET.tostring(domain, encoding="utf-8", xml_declaration=True)
+
+    # -- cleanup --
+
+    async def cleanup(self, job: CloneJob) -> None:
+        await asyncio.to_thread(self._cleanup, job)
+
+    def _cleanup(self, job: CloneJob) -> None:
+        zone = self.zone_dir(job)
+        if not zone.exists():
+            return
+        disks = self._inside(zone, "disks")
+        if disks.is_dir():
+            prefix = f"{_disk_base(job)}-disk"
+            suffix = f"-{_uid(job)}.img"
+            for path in disks.iterdir():
+                if path.name.startswith(prefix) and path.name.endswith(suffix):
+                    path.unlink(missing_ok=True)
+        if job.target.kind is TargetKind.VM:
+            manifest_path, xml_path = self.instance_paths(job)
+            for tmp in manifest_path.parent.glob(f".*.{_uid(job)}.tmp"):
+                tmp.unlink(missing_ok=True)
+            # The XML first: while our manifest stands, no other job can own this name.
+            if xml_path.exists() and _xml_owner(xml_path) == job.name:
+                xml_path.unlink(missing_ok=True)
+            if manifest_path.exists() and _owner(manifest_path) == job.name:
+                manifest_path.unlink(missing_ok=True)
+
+    # -- sample VMs --
+
+    def write_sample_vm(
+        self,
+        vm: MigratingVmName,
+        *,
+        disks: int = 2,
+        disk_size: int = 64 * 1024 * 1024,
+        bios: bool = False,
+    ) -> Path:
+        """Write a new completed replication cycle of synthetic disks; returns its folder."""
+        cycles = self._inside(self.vm_dir(vm), "cycles")
+        cycles.mkdir(parents=True, exist_ok=True)
+        existing = [int(p.name) for p in cycles.iterdir() if p.name.isdigit()]
+        number = max(existing, default=0) + 1
+        folder = cycles / str(number)
+        folder.mkdir()
+        entries = []
+        for k in range(disks):
+            name = f"disk-{k}.img"
+            disk_image.write_sample_disk(
+                folder / name,
+                disk_size,
+                boot=k == 0,
+                firmware="bios" if bios else "efi",
+                seed=number * 1000 + k,
+            )
+            entries.append(
+                {"source_disk_number": k, "file": name, "size_bytes": disk_size, "boot": k == 0}
+            )
+        manifest = {"state": COMPLETED, "cycle": number, "disks": entries}
+        # The manifest is written last: its presence says the upload completed.
+        _write_synced(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
+        return folder
+
+
+def _uid(job: CloneJob) -> str:
+    return hashlib.sha256(job.name.encode()).hexdigest()[:8]
+
+
+def _disk_base(job: CloneJob) -> str:
+    if job.target.kind is TargetKind.VM:
+        return job.target.vm_name
+    return CloneJobName.parse(job.name).clone_job_id
+
+
+def _disk_stem(job: CloneJob, number: int) -> str:
+    return f"{_disk_base(job)}-disk{number}-{_uid(job)}"
+
+
+def _write_synced(path: Path, body: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _owner(manifest_path: Path) -> str | None:
+    try:
+        value = json.loads(manifest_path.read_text()).get("clone_job")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _xml_owner(xml_path: Path) -> str | None:
+    try:
+        owner = ET.parse(xml_path).getroot().find("metadata/{urn:clonejob}owner")
+    except (OSError, ET.ParseError):
+        return None
+    return None if owner is None else owner.text
