@@ -21,6 +21,8 @@ from server.domain.errors import (
     JobExistsError,
     JobFinishedError,
     JobNotFoundError,
+    MigratingVmNotFoundError,
+    NoCompletedCycleError,
     RequestIdReusedError,
     RevisionOutOfRangeError,
     StepCancelledError,
@@ -34,8 +36,10 @@ from server.domain.job import (
     State,
     StepKind,
     TargetResult,
+    TargetSpec,
 )
 from server.domain.listing import ListQuery
+from server.domain.names import CloneJobName, MigratingVmName
 from server.engine.broadcast import Hub
 from server.store.base import DuplicateJobError, JobStore
 from server.targets.base import Target
@@ -116,26 +120,55 @@ class Engine:
 
     # -- the calls --
 
-    async def create(self, job: CloneJob) -> CloneJob:
+    async def create(
+        self,
+        *,
+        name: CloneJobName,
+        target: TargetSpec,
+        request_id: str = "",
+        request_hash: str = "",
+    ) -> CloneJob:
         """Store a new job and start it; a retry with the same request id gets the original."""
-        if job.request_id:
-            existing = await self.store.get_by_request_id(job.request_id)
+        if request_id:
+            existing = await self.store.get_by_request_id(request_id)
             if existing is not None:
-                return self._same_request(job, existing)
+                return self._same_request(request_id, request_hash, existing)
+        existing = await self.store.get(str(name))
+        if existing is not None:
+            raise JobExistsError(existing)
+        cycle = await self.target.latest_cycle(name.parent)
+        job = CloneJob.new(
+            name=str(name),
+            target=target,
+            source_cycle=cycle,
+            now=self._clock(),
+            request_id=request_id,
+            request_hash=request_hash,
+        )
         try:
             await self.store.create(job)
-        except DuplicateJobError as dup:
-            if job.request_id and dup.existing.request_id == job.request_id:
-                return self._same_request(job, dup.existing)
+        except DuplicateJobError as dup:  # a concurrent create won the race
+            if request_id and dup.existing.request_id == request_id:
+                return self._same_request(request_id, request_hash, dup.existing)
             raise JobExistsError(dup.existing) from None
         self.hub.publish(job)
         self._submit(job.name)
+        log.info("created %s (cycle %s)", job.name, cycle)
         return job
 
+    async def migrating_vm_exists(self, name: MigratingVmName) -> bool:
+        try:
+            await self.target.latest_cycle(name)
+        except MigratingVmNotFoundError:
+            return False
+        except NoCompletedCycleError:
+            return True
+        return True
+
     @staticmethod
-    def _same_request(job: CloneJob, existing: CloneJob) -> CloneJob:
-        if existing.request_hash != job.request_hash:
-            raise RequestIdReusedError(job.request_id, existing)
+    def _same_request(request_id: str, request_hash: str, existing: CloneJob) -> CloneJob:
+        if existing.request_hash != request_hash:
+            raise RequestIdReusedError(request_id, existing)
         return existing
 
     async def get(self, name: str) -> CloneJob:

@@ -33,10 +33,18 @@ from server.domain.errors import (
     StepCancelledError,
     StepFailedError,
 )
-from server.domain.job import CloneJob, ErrorCode, JobError, TargetKind, TargetResult
+from server.domain.job import (
+    CloneJob,
+    ErrorCode,
+    JobError,
+    StepKind,
+    TargetKind,
+    TargetResult,
+)
 from server.domain.names import CloneJobName, MigratingVmName
 from server.targets import disk_image
 from server.targets.base import ProgressFn
+from server.targets.faults import FaultPlan
 
 MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
@@ -55,8 +63,9 @@ class SnapshotDisk:
 
 
 class LocalTarget:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, faults: FaultPlan | None = None) -> None:
         self.data_dir = data_dir
+        self.faults = faults or FaultPlan()
         self.snapshots = data_dir / "snapshots"
         self.targets = data_dir / "targets"
 
@@ -200,6 +209,7 @@ class LocalTarget:
                     )
                 ) from error
             done_before += disk.size_bytes
+            self.faults.apply(job, StepKind.PREPARING_VM_DISKS, cancelled)
             stem = _disk_stem(job, disk.source_disk_number)
             uris.append(
                 (
@@ -216,6 +226,7 @@ class LocalTarget:
     def _adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
         if cancelled.is_set():
             raise StepCancelledError()
+        self.faults.apply(job, StepKind.ADAPTING_OS, cancelled)
         disks = self._job_disks(job)
         boot = next((d for d in disks if d.boot), disks[0])
         try:
@@ -242,6 +253,7 @@ class LocalTarget:
     def _instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
         if cancelled.is_set():
             raise StepCancelledError()
+        self.faults.apply(job, StepKind.INSTANTIATING_MIGRATED_VM, cancelled)
         manifest_path, xml_path = self.instance_paths(job)
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
         disks = self._job_disks(job)

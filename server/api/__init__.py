@@ -1,0 +1,1 @@
+"""The gRPC face of the service: validate, convert, call the engine, convert back."""

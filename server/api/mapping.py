@@ -1,0 +1,158 @@
+"""The one mapping between protos and domain objects."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import any_pb2, json_format, timestamp_pb2
+from google.rpc import error_details_pb2
+
+from clonejob_grpc import clone_job_pb2 as pb
+from clonejob_grpc import clone_job_service_pb2 as spb
+from server.api.errors import DOMAIN
+from server.domain.job import CloneJob, JobError, Progress, StepKind, TargetKind
+
+# Fields of the target details that only the server sets.
+_VM_OUTPUT_ONLY = ("applied_license", "boot_option")
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    """The protobuf JSON mapping with proto field names; unknown enum values stay numbers."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def clear_output_only(job: pb.CloneJob) -> pb.CloneJob:
+    """A copy of a client's CloneJob without the fields only the server sets (AIP-203)."""
+    clean = pb.CloneJob()
+    clean.CopyFrom(job)
+    for name in (
+        "name",
+        "create_time",
+        "end_time",
+        "state",
+        "state_time",
+        "error",
+        "steps",
+        "compute_engine_vm_details",
+        "target_details",
+    ):
+        clean.ClearField(name)
+    for name in _VM_OUTPUT_ONLY:
+        clean.compute_engine_target_details.ClearField(name)
+    if not job.HasField("compute_engine_target_details"):
+        clean.ClearField("compute_engine_target_details")
+    clean.compute_engine_disks_target_details.ClearField("disks")
+    if not job.HasField("compute_engine_disks_target_details"):
+        clean.ClearField("compute_engine_disks_target_details")
+    return clean
+
+
+def request_hash(request: spb.CreateCloneJobRequest, clean: pb.CloneJob) -> str:
+    """Identifies a create request's meaning, to tell a retry from a reuse of its id."""
+    digest = hashlib.sha256()
+    for part in (request.parent, request.clone_job_id):
+        digest.update(part.encode() + b"\0")
+    digest.update(clean.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def error_status(error: JobError) -> pb.Status:
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return pb.Status(code=int(error.code), message=error.message, details=[detail])
+
+
+_CACHE_SIZE = 4096
+_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+
+def job_bytes(job: CloneJob) -> bytes:
+    """The serialized proto of a job. A revision never changes once committed, so
+    each is built once and shared by every Get and watcher that needs it."""
+    key = (job.name, job.revision)
+    data = _cache.get(key)
+    if data is None:
+        data = _cache[key] = _build_job(job).SerializeToString()
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    else:
+        _cache.move_to_end(key)
+    return data
+
+
+def job_to_proto(job: CloneJob) -> pb.CloneJob:
+    return pb.CloneJob.FromString(job_bytes(job))
+
+
+def _build_job(job: CloneJob) -> pb.CloneJob:
+    out = pb.CloneJob(
+        name=job.name,
+        state=int(job.state),
+        create_time=_ts(job.create_time),
+        state_time=_ts(job.state_time),
+    )
+    if job.end_time is not None:
+        out.end_time.CopyFrom(_ts(job.end_time))
+    for step in job.steps:
+        s = out.steps.add()
+        s.start_time.CopyFrom(_ts(step.start_time))
+        if step.end_time is not None:
+            s.end_time.CopyFrom(_ts(step.end_time))
+        if step.kind is StepKind.PREPARING_VM_DISKS:
+            s.preparing_vm_disks.SetInParent()
+        elif step.kind is StepKind.ADAPTING_OS:
+            s.adapting_os.SetInParent()
+        else:
+            s.instantiating_migrated_vm.SetInParent()
+    if job.error is not None:
+        out.error.CopyFrom(error_status(job.error))
+    _target_to_proto(job, out)
+    return out
+
+
+def _target_to_proto(job: CloneJob, out: pb.CloneJob) -> None:
+    details: Mapping[str, Any] = job.target.details
+    if job.target.kind is TargetKind.VM:
+        target = out.compute_engine_target_details
+        json_format.ParseDict(dict(details), target, ignore_unknown_fields=True)
+        target.SetInParent()
+        if job.result.boot_option:
+            target.boot_option = pb.ComputeEngineBootOption.Value(
+                f"COMPUTE_ENGINE_BOOT_OPTION_{job.result.boot_option}"
+            )
+        if job.result.license_type:
+            target.applied_license.type = pb.AppliedLicense.Type.Value(job.result.license_type)
+        return
+    disks = out.compute_engine_disks_target_details
+    json_format.ParseDict(dict(details), disks, ignore_unknown_fields=True)
+    disks.SetInParent()
+    del disks.disks[:]
+    for number, uri in job.result.disk_uris:
+        disks.disks.add(source_disk_number=number, disk_uri=uri)
+
+
+def progress_to_proto(progress: Progress | None) -> spb.StepProgress | None:
+    if progress is None:
+        return None
+    return spb.StepProgress(
+        percent=progress.percent, bytes_done=progress.bytes_done, bytes_total=progress.bytes_total
+    )
+
+
+def watch_response(job: CloneJob) -> spb.WatchCloneJobResponse:
+    response = spb.WatchCloneJobResponse(clone_job=job_to_proto(job), revision=job.revision)
+    progress = progress_to_proto(job.progress)
+    if progress is not None:
+        response.progress.CopyFrom(progress)
+    return response

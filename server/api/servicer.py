@@ -1,0 +1,265 @@
+"""CloneJobService: validate → convert → call the engine → convert back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+
+from clonejob_grpc import clone_job_pb2 as pb
+from clonejob_grpc import clone_job_service_pb2 as spb
+from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
+from server.api import mapping
+from server.api.errors import ApiError, from_exception, invalid_argument
+from server.api.page_tokens import InvalidPageTokenError, PageTokens
+from server.domain.job import CloneJob
+from server.domain.listing import (
+    Cursor,
+    InvalidQueryError,
+    ListQuery,
+    parse_filter,
+    parse_order_by,
+)
+from server.domain.names import RFC1035, CloneJobName
+from server.domain.validation import (
+    RFC1035_RULE,
+    Violation,
+    check_job_name,
+    check_parent,
+    check_request_id,
+    check_vm_target,
+    disks_target,
+)
+from server.engine import Engine, Heartbeat
+from server.store.records import to_us
+
+log = logging.getLogger("clonejob.api")
+
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+
+
+class CloneJobService(spb_grpc.CloneJobServiceServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        page_tokens: PageTokens,
+        *,
+        heartbeat_interval: float = 30.0,
+        max_watches: int = 10_000,
+    ) -> None:
+        self._engine = engine
+        self._tokens = page_tokens
+        self._heartbeat = heartbeat_interval
+        self._max_watches = max_watches
+        self.open_watches = 0
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+        api = from_exception(error)
+        if api is None:
+            log.exception("unexpected error", exc_info=error)
+            api = ApiError(
+                grpc.StatusCode.INTERNAL, "INTERNAL", "an internal error occurred; it was logged"
+            )
+        status = api.to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    # -- Create --
+
+    async def CreateCloneJob(
+        self, request: spb.CreateCloneJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloneJob:
+        try:
+            job = await self._create(request)
+        except Exception as error:
+            await self._abort(context, error)
+        return mapping.job_to_proto(job)
+
+    async def _create(self, request: spb.CreateCloneJobRequest) -> CloneJob:
+        out: list[Violation] = []
+        parent = check_parent(request.parent, "parent", out)
+        if not request.clone_job_id:
+            out.append(Violation("clone_job_id", "is required"))
+        elif not RFC1035.fullmatch(request.clone_job_id):
+            shown = request.clone_job_id[:80]
+            out.append(Violation("clone_job_id", f"{shown!r} {RFC1035_RULE}"))
+        check_request_id(request.request_id, out)
+        target = None
+        clean = mapping.clear_output_only(request.clone_job)
+        has_vm = clean.HasField("compute_engine_target_details")
+        has_disks = clean.HasField("compute_engine_disks_target_details")
+        if not request.HasField("clone_job"):
+            out.append(Violation("clone_job", "is required"))
+        elif has_vm and has_disks:
+            out.append(
+                Violation(
+                    "clone_job.compute_engine_disks_target_details",
+                    "only one kind of target details may be set: choose"
+                    " compute_engine_target_details (a VM) or"
+                    " compute_engine_disks_target_details (disks only)",
+                )
+            )
+        elif not has_vm and not has_disks:
+            out.append(
+                Violation(
+                    "clone_job.compute_engine_target_details",
+                    "is required: set compute_engine_target_details to clone a VM, or"
+                    " compute_engine_disks_target_details to clone its disks only",
+                )
+            )
+        elif has_vm:
+            target = check_vm_target(
+                mapping.to_dict(clean.compute_engine_target_details), parent, out
+            )
+        elif parent is not None:
+            target = disks_target(mapping.to_dict(clean.compute_engine_disks_target_details), parent)
+        if out or parent is None or target is None:
+            raise invalid_argument(out)
+        return await self._engine.create(
+            name=CloneJobName(parent=parent, clone_job_id=request.clone_job_id),
+            target=target,
+            request_id=request.request_id.lower(),
+            request_hash=mapping.request_hash(request, clean),
+        )
+
+    # -- Get, Cancel --
+
+    @staticmethod
+    def _job_name(value: str) -> CloneJobName:
+        out: list[Violation] = []
+        name = check_job_name(value, "name", out)
+        if name is None:
+            raise invalid_argument(out)
+        return name
+
+    async def GetCloneJob(
+        self, request: spb.GetCloneJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloneJob:
+        try:
+            job = await self._engine.get(str(self._job_name(request.name)))
+        except Exception as error:
+            await self._abort(context, error)
+        return mapping.job_to_proto(job)
+
+    async def CancelCloneJob(
+        self, request: spb.CancelCloneJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloneJob:
+        try:
+            job = await self._engine.cancel(str(self._job_name(request.name)))
+        except Exception as error:
+            await self._abort(context, error)
+        return mapping.job_to_proto(job)
+
+    # -- List --
+
+    async def ListCloneJobs(
+        self, request: spb.ListCloneJobsRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ListCloneJobsResponse:
+        try:
+            return await self._list(request)
+        except Exception as error:
+            await self._abort(context, error)
+
+    async def _list(self, request: spb.ListCloneJobsRequest) -> spb.ListCloneJobsResponse:
+        out: list[Violation] = []
+        parent = check_parent(request.parent, "parent", out)
+        if request.page_size < 0:
+            out.append(Violation("page_size", f"{request.page_size} is negative"))
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        query_filter = order_by = None
+        try:
+            query_filter = parse_filter(request.filter)
+        except InvalidQueryError as error:
+            out.append(Violation("filter", str(error)))
+        try:
+            order_by = parse_order_by(request.order_by)
+        except InvalidQueryError as error:
+            out.append(Violation("order_by", str(error)))
+        cursor: Cursor | None = None
+        if request.page_token:
+            try:
+                cursor = self._tokens.decode(
+                    request.page_token,
+                    parent=request.parent,
+                    filter_text=request.filter,
+                    order_by=request.order_by,
+                )
+            except (InvalidPageTokenError, ValueError, TypeError) as error:
+                reason = str(error) if isinstance(error, InvalidPageTokenError) else ""
+                out.append(
+                    Violation("page_token", reason or "is not a page token this server issued")
+                )
+        if out or parent is None or order_by is None:
+            raise invalid_argument(out)
+        jobs = list(
+            await self._engine.list(
+                ListQuery(
+                    parent=str(parent),
+                    filter=query_filter,
+                    order_by=order_by,
+                    after=cursor,
+                    limit=page_size + 1,
+                )
+            )
+        )
+        if not jobs and cursor is None and not await self._engine.migrating_vm_exists(parent):
+            raise ApiError(
+                grpc.StatusCode.NOT_FOUND,
+                "MIGRATING_VM_NOT_FOUND",
+                f"migrating VM {str(parent)!r} was not found",
+                {"migrating_vm": str(parent)},
+            )
+        response = spb.ListCloneJobsResponse()
+        for job in jobs[:page_size]:
+            response.clone_jobs.append(mapping.job_to_proto(job))
+        if len(jobs) > page_size:
+            last = jobs[page_size - 1]
+            response.next_page_token = self._tokens.encode(
+                Cursor(create_time_us=to_us(last.create_time), name=last.name),
+                parent=request.parent,
+                filter_text=request.filter,
+                order_by=request.order_by,
+            )
+        return response
+
+    # -- Watch --
+
+    async def WatchCloneJob(
+        self, request: spb.WatchCloneJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.WatchCloneJobResponse]:
+        counted = False
+        try:
+            out: list[Violation] = []
+            name = check_job_name(request.name, "name", out)
+            if request.after_revision < 0:
+                out.append(Violation("after_revision", f"{request.after_revision} is negative"))
+            if out or name is None:
+                raise invalid_argument(out)
+            if self.open_watches >= self._max_watches:
+                raise ApiError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_WATCHES",
+                    f"the server already has {self.open_watches} open watches, its limit;"
+                    " retry later or on another server",
+                    {"limit": str(self._max_watches)},
+                )
+            self.open_watches += 1
+            counted = True
+            async for item in self._engine.watch(
+                str(name),
+                after_revision=request.after_revision,
+                heartbeat_interval=self._heartbeat,
+            ):
+                if isinstance(item, Heartbeat):
+                    yield spb.WatchCloneJobResponse(revision=item.revision, heartbeat=True)
+                else:
+                    yield mapping.watch_response(item)
+        except Exception as error:
+            await self._abort(context, error)
+        finally:
+            if counted:
+                self.open_watches -= 1

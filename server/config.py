@@ -1,0 +1,105 @@
+"""Server configuration: one frozen dataclass, from flags and CLONEJOB_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """$CLONEJOB_DATA_DIR, else $XDG_DATA_HOME/clonejob, else ~/.local/share/clonejob."""
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "clonejob"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path
+    max_concurrent_jobs: int = 4
+    heartbeat_interval: float = 30.0
+    max_watches: int = 10_000
+    watch_buffer: int = 1024
+    shutdown_grace: float = 10.0
+    port_file: Path | None = None
+    log_level: str = "INFO"
+    fault_plan: Path | None = None
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "clonejob.db"
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """`64MiB`, `1GiB`, `512` (bytes) → bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64MiB or 1GiB")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(match.group(1)) * _UNITS[unit]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+# flag, environment variable, type, help
+SERVE_OPTIONS: Sequence[tuple[str, str, object, str]] = (
+    ("--listen", "CLONEJOB_LISTEN", str, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051)"),
+    ("--data-dir", "CLONEJOB_DATA_DIR", Path, "where the database, snapshots and targets live"),
+    ("--max-concurrent-jobs", "CLONEJOB_MAX_CONCURRENT_JOBS", _positive_int,
+     "jobs that run at once; more wait PENDING (default 4)"),
+    ("--heartbeat-interval", "CLONEJOB_HEARTBEAT_INTERVAL", _positive_float,
+     "seconds between heartbeats on an idle watch (default 30)"),
+    ("--max-watches", "CLONEJOB_MAX_WATCHES", _positive_int,
+     "open watch streams allowed; more get RESOURCE_EXHAUSTED (default 10000)"),
+    ("--watch-buffer", "CLONEJOB_WATCH_BUFFER", _positive_int,
+     "changes buffered per watcher before it is cut off as too slow (default 1024)"),
+    ("--shutdown-grace", "CLONEJOB_SHUTDOWN_GRACE", _positive_float,
+     "seconds calls in flight get to finish at shutdown (default 10)"),
+    ("--port-file", "CLONEJOB_PORT_FILE", Path,
+     "write the bound port here once serving (useful with port 0)"),
+    ("--log-level", "CLONEJOB_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    ("--fault-plan", "CLONEJOB_FAULT_PLAN", Path,
+     "for tests and drills: a JSON file of faults to inject in the local target"),
+)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, env, kind, text in SERVE_OPTIONS:
+        parser.add_argument(flag, type=kind, help=f"{text} [env {env}]")  # type: ignore[call-overload]
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Config:
+    """Flags win over environment variables, which win over defaults."""
+    values: dict[str, object] = {}
+    for flag, variable, kind, _ in SERVE_OPTIONS:
+        key = flag[2:].replace("-", "_")
+        value = getattr(args, key, None)
+        if value is None and env.get(variable):
+            try:
+                value = kind(env[variable])  # type: ignore[operator]
+            except (ValueError, argparse.ArgumentTypeError) as error:
+                raise SystemExit(f"clonejob-server: {variable}: {error}") from None
+        if value is not None:
+            values[key] = value
+    values.setdefault("data_dir", default_data_dir(env))
+    return Config(**values)  # type: ignore[arg-type]
