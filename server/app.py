@@ -15,7 +15,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from clonejob_grpc import clone_job_service_pb2 as spb
-from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
+from server.api import registration
 from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService
 from server.config import Config
@@ -91,11 +91,14 @@ class App:
             max_watches=config.max_watches,
         )
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        spb_grpc.add_CloneJobServiceServicer_to_server(self.servicer, server)
+        registration.add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.port = server.add_insecure_port(config.listen)
@@ -110,7 +113,10 @@ class App:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "clonejob-server listening on %s (port %d), data in %s, %d jobs resumed",
-            config.listen, self.port, config.data_dir, resumed,
+            config.listen,
+            self.port,
+            config.data_dir,
+            resumed,
         )
         if config.port_file is not None:
             tmp = config.port_file.with_name(config.port_file.name + ".tmp")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -62,30 +63,58 @@ def _positive_float(text: str) -> float:
 
 
 # flag, environment variable, type, help
-SERVE_OPTIONS: Sequence[tuple[str, str, object, str]] = (
+SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
     ("--listen", "CLONEJOB_LISTEN", str, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051)"),
     ("--data-dir", "CLONEJOB_DATA_DIR", Path, "where the database, snapshots and targets live"),
-    ("--max-concurrent-jobs", "CLONEJOB_MAX_CONCURRENT_JOBS", _positive_int,
-     "jobs that run at once; more wait PENDING (default 4)"),
-    ("--heartbeat-interval", "CLONEJOB_HEARTBEAT_INTERVAL", _positive_float,
-     "seconds between heartbeats on an idle watch (default 30)"),
-    ("--max-watches", "CLONEJOB_MAX_WATCHES", _positive_int,
-     "open watch streams allowed; more get RESOURCE_EXHAUSTED (default 10000)"),
-    ("--watch-buffer", "CLONEJOB_WATCH_BUFFER", _positive_int,
-     "changes buffered per watcher before it is cut off as too slow (default 1024)"),
-    ("--shutdown-grace", "CLONEJOB_SHUTDOWN_GRACE", _positive_float,
-     "seconds calls in flight get to finish at shutdown (default 10)"),
-    ("--port-file", "CLONEJOB_PORT_FILE", Path,
-     "write the bound port here once serving (useful with port 0)"),
+    (
+        "--max-concurrent-jobs",
+        "CLONEJOB_MAX_CONCURRENT_JOBS",
+        _positive_int,
+        "jobs that run at once; more wait PENDING (default 4)",
+    ),
+    (
+        "--heartbeat-interval",
+        "CLONEJOB_HEARTBEAT_INTERVAL",
+        _positive_float,
+        "seconds between heartbeats on an idle watch (default 30)",
+    ),
+    (
+        "--max-watches",
+        "CLONEJOB_MAX_WATCHES",
+        _positive_int,
+        "open watch streams allowed; more get RESOURCE_EXHAUSTED (default 10000)",
+    ),
+    (
+        "--watch-buffer",
+        "CLONEJOB_WATCH_BUFFER",
+        _positive_int,
+        "changes buffered per watcher before it is cut off as too slow (default 1024)",
+    ),
+    (
+        "--shutdown-grace",
+        "CLONEJOB_SHUTDOWN_GRACE",
+        _positive_float,
+        "seconds calls in flight get to finish at shutdown (default 10)",
+    ),
+    (
+        "--port-file",
+        "CLONEJOB_PORT_FILE",
+        Path,
+        "write the bound port here once serving (useful with port 0)",
+    ),
     ("--log-level", "CLONEJOB_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
-    ("--fault-plan", "CLONEJOB_FAULT_PLAN", Path,
-     "for tests and drills: a JSON file of faults to inject in the local target"),
+    (
+        "--fault-plan",
+        "CLONEJOB_FAULT_PLAN",
+        Path,
+        "for tests and drills: a JSON file of faults to inject in the local target",
+    ),
 )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, env, kind, text in SERVE_OPTIONS:
-        parser.add_argument(flag, type=kind, help=f"{text} [env {env}]")  # type: ignore[call-overload]
+        parser.add_argument(flag, type=kind, help=f"{text} [env {env}]")
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Config:
@@ -96,7 +125,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         value = getattr(args, key, None)
         if value is None and env.get(variable):
             try:
-                value = kind(env[variable])  # type: ignore[operator]
+                value = kind(env[variable])
             except (ValueError, argparse.ArgumentTypeError) as error:
                 raise SystemExit(f"clonejob-server: {variable}: {error}") from None
         if value is not None:

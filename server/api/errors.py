@@ -131,7 +131,9 @@ def from_exception(error: Exception) -> ApiError | None:
                 },
             )
         case e.WatchClosedError():
-            return ApiError(s.UNAVAILABLE, "SERVER_SHUTTING_DOWN", str(error) + "; resume the watch")
+            return ApiError(
+                s.UNAVAILABLE, "SERVER_SHUTTING_DOWN", str(error) + "; resume the watch"
+            )
         case e.WatcherTooSlowError():
             return ApiError(
                 s.RESOURCE_EXHAUSTED,

@@ -6,7 +6,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import any_pb2, json_format, timestamp_pb2
 from google.rpc import error_details_pb2
@@ -98,7 +98,7 @@ def job_to_proto(job: CloneJob) -> pb.CloneJob:
 def _build_job(job: CloneJob) -> pb.CloneJob:
     out = pb.CloneJob(
         name=job.name,
-        state=int(job.state),
+        state=cast(Any, int(job.state)),
         create_time=_ts(job.create_time),
         state_time=_ts(job.state_time),
     )
@@ -128,11 +128,16 @@ def _target_to_proto(job: CloneJob, out: pb.CloneJob) -> None:
         json_format.ParseDict(dict(details), target, ignore_unknown_fields=True)
         target.SetInParent()
         if job.result.boot_option:
-            target.boot_option = pb.ComputeEngineBootOption.Value(
-                f"COMPUTE_ENGINE_BOOT_OPTION_{job.result.boot_option}"
+            target.boot_option = cast(
+                Any,
+                pb.ComputeEngineBootOption.Value(
+                    f"COMPUTE_ENGINE_BOOT_OPTION_{job.result.boot_option}"
+                ),
             )
         if job.result.license_type:
-            target.applied_license.type = pb.AppliedLicense.Type.Value(job.result.license_type)
+            target.applied_license.type = cast(
+                Any, pb.AppliedLicense.Type.Value(job.result.license_type)
+            )
         return
     disks = out.compute_engine_disks_target_details
     json_format.ParseDict(dict(details), disks, ignore_unknown_fields=True)
@@ -156,3 +161,17 @@ def watch_response(job: CloneJob) -> spb.WatchCloneJobResponse:
     if progress is not None:
         response.progress.CopyFrom(progress)
     return response
+
+
+_watch_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+
+def watch_bytes(job: CloneJob) -> bytes:
+    """A serialized watch event, made once per revision however many watchers get it."""
+    key = (job.name, job.revision)
+    data = _watch_cache.get(key)
+    if data is None:
+        data = _watch_cache[key] = watch_response(job).SerializeToString()
+        if len(_watch_cache) > _CACHE_SIZE:
+            _watch_cache.popitem(last=False)
+    return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
@@ -35,6 +35,9 @@ from server.domain.validation import (
 from server.engine import Engine, Heartbeat
 from server.store.records import to_us
 
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
 log = logging.getLogger("clonejob.api")
 
 DEFAULT_PAGE_SIZE = 500
@@ -57,7 +60,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
         self.open_watches = 0
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+    async def _abort(context: Context, error: Exception) -> NoReturn:
         api = from_exception(error)
         if api is None:
             log.exception("unexpected error", exc_info=error)
@@ -71,7 +74,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
     # -- Create --
 
     async def CreateCloneJob(
-        self, request: spb.CreateCloneJobRequest, context: grpc.aio.ServicerContext
+        self, request: spb.CreateCloneJobRequest, context: Context
     ) -> pb.CloneJob:
         try:
             job = await self._create(request)
@@ -116,7 +119,9 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                 mapping.to_dict(clean.compute_engine_target_details), parent, out
             )
         elif parent is not None:
-            target = disks_target(mapping.to_dict(clean.compute_engine_disks_target_details), parent)
+            target = disks_target(
+                mapping.to_dict(clean.compute_engine_disks_target_details), parent
+            )
         if out or parent is None or target is None:
             raise invalid_argument(out)
         return await self._engine.create(
@@ -136,9 +141,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             raise invalid_argument(out)
         return name
 
-    async def GetCloneJob(
-        self, request: spb.GetCloneJobRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CloneJob:
+    async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> pb.CloneJob:
         try:
             job = await self._engine.get(str(self._job_name(request.name)))
         except Exception as error:
@@ -146,7 +149,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
         return mapping.job_to_proto(job)
 
     async def CancelCloneJob(
-        self, request: spb.CancelCloneJobRequest, context: grpc.aio.ServicerContext
+        self, request: spb.CancelCloneJobRequest, context: Context
     ) -> pb.CloneJob:
         try:
             job = await self._engine.cancel(str(self._job_name(request.name)))
@@ -157,7 +160,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
     # -- List --
 
     async def ListCloneJobs(
-        self, request: spb.ListCloneJobsRequest, context: grpc.aio.ServicerContext
+        self, request: spb.ListCloneJobsRequest, context: Context
     ) -> spb.ListCloneJobsResponse:
         try:
             return await self._list(request)
@@ -229,7 +232,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
     # -- Watch --
 
     async def WatchCloneJob(
-        self, request: spb.WatchCloneJobRequest, context: grpc.aio.ServicerContext
+        self, request: spb.WatchCloneJobRequest, context: Context
     ) -> AsyncIterator[spb.WatchCloneJobResponse]:
         counted = False
         try:
@@ -257,7 +260,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                 if isinstance(item, Heartbeat):
                     yield spb.WatchCloneJobResponse(revision=item.revision, heartbeat=True)
                 else:
-                    yield mapping.watch_response(item)
+                    yield mapping.watch_bytes(item)  # type: ignore[misc]
         except Exception as error:
             await self._abort(context, error)
         finally:

@@ -48,9 +48,7 @@ ALLOWED_TRANSITIONS: Mapping[State, frozenset[State]] = {
     State.ACTIVE: frozenset(
         {State.ACTIVE, State.ADAPTING_OS, State.SUCCEEDED, State.CANCELLING, State.FAILED}
     ),
-    State.ADAPTING_OS: frozenset(
-        {State.ADAPTING_OS, State.ACTIVE, State.CANCELLING, State.FAILED}
-    ),
+    State.ADAPTING_OS: frozenset({State.ADAPTING_OS, State.ACTIVE, State.CANCELLING, State.FAILED}),
     State.CANCELLING: frozenset({State.CANCELLING, State.CANCELLED, State.FAILED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),

@@ -139,9 +139,8 @@ def parse_filter(text: str) -> AllOf | None:
             raise InvalidQueryError("expected a comparison such as `state = ACTIVE`")
         (k1, field_name), (k2, op), (k3, raw) = tokens[i : i + 3]
         if k1 != "word" or k2 != "op" or k3 == "op":
-            raise InvalidQueryError(
-                f"expected `field operator value` near {' '.join(t[1] for t in tokens[i:i+3])!r}"
-            )
+            near = " ".join(t[1] for t in tokens[i : i + 3])
+            raise InvalidQueryError(f"expected `field operator value` near {near!r}")
         current.append(_comparison(field_name, op, raw))
         i += 3
         if i == len(tokens):

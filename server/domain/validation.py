@@ -26,7 +26,9 @@ MAX_NETWORK_INTERFACES = 8
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
-HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 RESOURCE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.:-]{0,1023}")
 SERVICE_ACCOUNT = re.compile(r"[A-Za-z0-9._%+-]{1,128}@[A-Za-z0-9.-]{1,128}")
 ZERO_UUID = uuid.UUID(int=0)
@@ -104,7 +106,11 @@ def _enum(value: Any, field: str, out: list[Violation]) -> None:
 
 
 def _strings(
-    values: Any, field: str, pattern: re.Pattern[str], rule: str, out: list[Violation],
+    values: Any,
+    field: str,
+    pattern: re.Pattern[str],
+    rule: str,
+    out: list[Violation],
     limit: int = MAX_LIST_ITEMS,
 ) -> None:
     if len(values) > limit:
@@ -144,18 +150,25 @@ def check_vm_target(
     account = details.get("service_account", "")
     if account and not SERVICE_ACCOUNT.fullmatch(account):
         out.append(
-            Violation(f"{base}.service_account", f"{_shown(account)} is not a service account email")
+            Violation(
+                f"{base}.service_account", f"{_shown(account)} is not a service account email"
+            )
         )
+    _strings(details.get("network_tags", []), f"{base}.network_tags", RFC1035, RFC1035_RULE, out)
     _strings(
-        details.get("network_tags", []), f"{base}.network_tags", RFC1035, RFC1035_RULE, out
+        details.get("disk_replica_zones", []),
+        f"{base}.disk_replica_zones",
+        RFC1035,
+        RFC1035_RULE,
+        out,
+        limit=2,
     )
     _strings(
-        details.get("disk_replica_zones", []), f"{base}.disk_replica_zones", RFC1035,
-        RFC1035_RULE, out, limit=2,
-    )
-    _strings(
-        details.get("additional_licenses", []), f"{base}.additional_licenses", RESOURCE_REF,
-        "is not a license resource name", out,
+        details.get("additional_licenses", []),
+        f"{base}.additional_licenses",
+        RESOURCE_REF,
+        "is not a license resource name",
+        out,
     )
     _check_labels(details.get("labels", {}), f"{base}.labels", out)
     _check_metadata(details.get("metadata", {}), f"{base}.metadata", out)
@@ -176,7 +189,11 @@ def check_vm_target(
     for name in ("on_host_maintenance", "restart_type"):
         _enum(scheduling.get(name), f"{base}.compute_scheduling.{name}", out)
     for i, affinity in enumerate(scheduling.get("node_affinities", [])):
-        _enum(affinity.get("operator"), f"{base}.compute_scheduling.node_affinities[{i}].operator", out)
+        _enum(
+            affinity.get("operator"),
+            f"{base}.compute_scheduling.node_affinities[{i}].operator",
+            out,
+        )
     if len(out) > before or parent is None:
         return None
     filled = dict(details)

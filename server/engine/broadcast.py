@@ -38,8 +38,8 @@ class Subscription:
         self._closed = True
         self._wake.set()
 
-    async def next(self, timeout: float) -> CloneJob | None:
-        """The next change, or None when `timeout` seconds pass without one."""
+    async def next(self, idle: float) -> CloneJob | None:
+        """The next change, or None when `idle` seconds pass without one."""
         while not self._pending:
             if self._overflowed:
                 raise WatcherTooSlowError(self.name, self._limit)
@@ -47,7 +47,7 @@ class Subscription:
                 raise WatchClosedError("the server is shutting down")
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), idle)
             except TimeoutError:
                 return None
         if self._closed:

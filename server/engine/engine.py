@@ -10,6 +10,8 @@ step (each step is safe to repeat) or finishes a cancellation.
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import threading
 import time
@@ -326,9 +328,9 @@ class Engine:
                 return
             kind = job.next_step()
             if kind is None:
-                await self._advance(name, lambda j: j.succeed(self._clock()))
+                await self._advance(name, self._succeed)
                 continue
-            job = await self._advance(name, lambda j, k=kind: j.start_step(k, self._clock()))
+            job = await self._advance(name, functools.partial(self._start_step, kind))
             if job.state is State.CANCELLING or job.state.terminal:
                 continue
             try:
@@ -342,7 +344,16 @@ class Engine:
                 await self._finish(await self.get(name), _io_error(kind, error))
                 return
             await self._wait_progress(run)
-            await self._advance(name, lambda j, r=result: j.finish_step(self._clock(), r))
+            await self._advance(name, functools.partial(self._finish_step, result))
+
+    def _succeed(self, job: CloneJob) -> CloneJob:
+        return job.succeed(self._clock())
+
+    def _start_step(self, kind: StepKind, job: CloneJob) -> CloneJob:
+        return job.start_step(kind, self._clock())
+
+    def _finish_step(self, result: TargetResult, job: CloneJob) -> CloneJob:
+        return job.finish_step(self._clock(), result)
 
     async def _step(self, job: CloneJob, kind: StepKind, run: _Run) -> TargetResult:
         if kind is StepKind.PREPARING_VM_DISKS:
@@ -420,8 +431,6 @@ _UNEXPECTED = JobError(
 
 
 def _io_error(kind: StepKind, error: OSError) -> JobError:
-    import errno
-
     step = kind.value.replace("_", " ")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return JobError(

@@ -112,7 +112,10 @@ def load(text: str) -> CloneJob:
         error=None
         if e is None
         else JobError(
-            code=ErrorCode(e["code"]), reason=e["reason"], message=e["message"], metadata=e["metadata"]
+            code=ErrorCode(e["code"]),
+            reason=e["reason"],
+            message=e["message"],
+            metadata=e["metadata"],
         ),
         progress=None if p is None else Progress(**p),
         result=TargetResult(

@@ -51,7 +51,9 @@ class SqliteJobStore:
         await self._run(self._reader, self._open_reader)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0.5)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=0.5
+        )
         conn.execute("PRAGMA busy_timeout = 2000")
         return conn
 
@@ -237,17 +239,18 @@ class SqliteJobStore:
     async def oldest_revision(self, name: str) -> int:
         row = await self._run(
             self._reader,
-            lambda: self._r()
-            .execute("SELECT MIN(revision) FROM clone_job_revisions WHERE name = ?", (name,))
-            .fetchone(),
+            lambda: (
+                self._r()
+                .execute("SELECT MIN(revision) FROM clone_job_revisions WHERE name = ?", (name,))
+                .fetchone()
+            ),
         )
         return int(row[0]) if row and row[0] is not None else 0
 
     async def unfinished(self) -> Sequence[CloneJob]:
         marks = ",".join("?" * len(_UNFINISHED))
         return await self._many(
-            f"SELECT record FROM clone_jobs WHERE state IN ({marks})"
-            " ORDER BY create_time_us, name",
+            f"SELECT record FROM clone_jobs WHERE state IN ({marks}) ORDER BY create_time_us, name",
             _UNFINISHED,
         )
 
@@ -303,4 +306,3 @@ def _statements(sql: str) -> list[str]:
 
 def _only_comments(text: str) -> bool:
     return all(line.strip().startswith("--") or not line.strip() for line in text.splitlines())
-

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -184,12 +185,11 @@ class LocalTarget:
                 ) from error
             dst = self.disk_path(job, disk.source_disk_number)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            base = done_before
             try:
                 disk_image.copy_sparse(
                     disk.path,
                     dst,
-                    on_progress=lambda done, _total, base=base: progress(base + done, total),
+                    on_progress=functools.partial(_offset_progress, progress, done_before, total),
                     cancelled=cancelled,
                 )
             except disk_image.CopyCancelledError:
@@ -312,7 +312,9 @@ class LocalTarget:
                     "source_disk_number": d.source_disk_number,
                     "boot": d.boot,
                     "size_bytes": d.size_bytes,
-                    "path": str(self.disk_path(job, d.source_disk_number).relative_to(self.data_dir)),
+                    "path": str(
+                        self.disk_path(job, d.source_disk_number).relative_to(self.data_dir)
+                    ),
                 }
                 for d in disks
             ],
@@ -326,9 +328,9 @@ class LocalTarget:
         owner.text = job.name
         ET.SubElement(domain, "memory", unit="MiB").text = "2048"
         ET.SubElement(domain, "vcpu").text = "2"
-        os_el = ET.SubElement(domain, "os", firmware="efi" if job.result.boot_option == "EFI" else "")
-        if not os_el.get("firmware"):
-            del os_el.attrib["firmware"]
+        os_el = ET.SubElement(domain, "os")
+        if job.result.boot_option == "EFI":
+            os_el.set("firmware", "efi")
         ET.SubElement(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
         ET.SubElement(os_el, "boot", dev="hd")
         devices = ET.SubElement(domain, "devices")
@@ -341,7 +343,7 @@ class LocalTarget:
             iface = ET.SubElement(devices, "interface", type="user")
             ET.SubElement(iface, "model", type="virtio")
         ET.indent(domain)
-        return ET.tostring(domain, encoding="utf-8", xml_declaration=True)
+        return bytes(ET.tostring(domain, encoding="utf-8", xml_declaration=True))
 
     # -- cleanup --
 
@@ -403,6 +405,10 @@ class LocalTarget:
         # The manifest is written last: its presence says the upload completed.
         _write_synced(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
         return folder
+
+
+def _offset_progress(progress: ProgressFn, base: int, total: int, done: int, _: int) -> None:
+    progress(base + done, total)
 
 
 def _uid(job: CloneJob) -> str:

@@ -1,0 +1,108 @@
+"""Registers the servicer with request parsing that cannot crash a call.
+
+The generated `add_CloneJobServiceServicer_to_server` parses requests with
+`FromString`, and a request that is not valid protobuf (random bytes, invalid
+UTF-8 in a string) then fails with UNKNOWN. Here such a request reaches no
+handler: it gets INVALID_ARGUMENT with reason MALFORMED_REQUEST. Responses that
+are already bytes (watch events serialized once for every watcher) are sent as
+they are.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from clonejob_grpc import clone_job_pb2, clone_job_service_pb2
+from server.api.errors import ApiError
+
+SERVICE = clone_job_service_pb2.DESCRIPTOR.services_by_name["CloneJobService"]
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    message_type: str
+    error: str
+
+
+def _parser(cls: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    def parse(data: bytes) -> Message | MalformedRequest:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, ValueError) as error:
+            return MalformedRequest(cls.DESCRIPTOR.full_name, str(error))
+
+    return parse
+
+
+def _serialize(message: Message | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _malformed(request: MalformedRequest) -> grpc.Status:
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+        f"the request is not a valid serialized {request.message_type}",
+        {"message_type": request.message_type},
+    ).to_status()
+
+
+def _guard_unary(
+    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    @functools.wraps(method)
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, MalformedRequest):
+            status = _malformed(request)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        return await method(request, context)
+
+    return handler
+
+
+def _guard_stream(
+    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    @functools.wraps(method)
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        if isinstance(request, MalformedRequest):
+            status = _malformed(request)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        async for response in method(request, context):
+            yield response
+
+    return handler
+
+
+def _message_class(name: str) -> type[Message]:
+    for module in (clone_job_service_pb2, clone_job_pb2):
+        cls = getattr(module, name, None)
+        if cls is not None:
+            return cls  # type: ignore[no-any-return]
+    raise LookupError(name)
+
+
+def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        impl = getattr(servicer, method.name)
+        parse = _parser(_message_class(method.input_type.name))
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _guard_stream(impl), request_deserializer=parse, response_serializer=_serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guard_unary(impl), request_deserializer=parse, response_serializer=_serialize
+            )
+    generic = grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
