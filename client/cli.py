@@ -63,6 +63,10 @@ _STEP_TITLES = {
 }
 
 
+class OptionsError(Exception):
+    """Command-line options that do not fit together."""
+
+
 class DemoError(Exception):
     """The demo could not set up its server or sample VM."""
 
@@ -87,12 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args, out)
-        with BlockingCloneJobClient(args.server, timeout=args.timeout) as client:
+        credentials, metadata = _security(args)
+        with BlockingCloneJobClient(
+            args.server, timeout=args.timeout, credentials=credentials, metadata=metadata
+        ) as client:
             return int(args.run(client, args, out))
     except CloneJobError as error:
         _print_error(error, args.server if args.command != "demo" else None)
         return EXIT_ERROR
-    except (DemoError, OSError) as error:
+    except (DemoError, OptionsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -101,6 +108,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- arguments ---------------------------------------------------------------
+
+
+def _security(
+    args: argparse.Namespace,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
+    """TLS credentials from --tls-*, and the bearer token as call metadata."""
+    credentials = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise OptionsError("--tls-cert and --tls-key go together")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        )
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+    return credentials, metadata
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="deadline of each call, in seconds"
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CLONEJOB_TOKEN", ""),
+        help="bearer token sent as `authorization` metadata (env CLONEJOB_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, help="PEM CA bundle to verify the server with: use TLS"
+    )
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     # The global options are accepted after the command too (`clonejob get NAME --json`).
     anywhere = argparse.ArgumentParser(add_help=False)
     anywhere.add_argument("--server", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

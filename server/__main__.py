@@ -11,6 +11,7 @@ from pathlib import Path
 
 from server import config as cfg
 from server.domain.names import InvalidNameError, MigratingVmName
+from server.security import SecurityConfigError, digest
 from server.store import StoreError
 
 SUBCOMMANDS = ("serve", "sample-vm")
@@ -19,8 +20,9 @@ SUBCOMMANDS = ("serve", "sample-vm")
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clonejob-server",
-        description="Serve the CloneJob gRPC service (the default), or write a sample VM:"
-        " `clonejob-server sample-vm NAME --data-dir DIR`.",
+        description="Serve the CloneJob gRPC service (the default). Also:"
+        " `clonejob-server sample-vm NAME --data-dir DIR` writes a sample migrating VM;"
+        " `clonejob-server hash-token` prints the digest of a token read from stdin.",
         epilog="Every option can also be set by the environment variable shown.",
     )
     cfg.add_serve_arguments(parser)
@@ -71,10 +73,26 @@ def sample_vm(argv: Sequence[str]) -> int:
     return 0
 
 
+def hash_token(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(
+        prog="clonejob-server hash-token",
+        description="Read a token from standard input and print its SHA-256 digest, for the"
+        " `sha256` field of a --tokens-file entry. The token itself is never stored.",
+    ).parse_args(argv)
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("clonejob-server hash-token: no token on standard input", file=sys.stderr)
+        return 2
+    print(digest(token))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "sample-vm":
         return sample_vm(argv[1:])
+    if argv and argv[0] == "hash-token":
+        return hash_token(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
     config = cfg.from_args(_serve_parser().parse_args(argv))
@@ -88,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(config))
     except StoreError as error:
         print(f"clonejob-server: cannot open the job store: {error}", file=sys.stderr)
+        return 2
+    except SecurityConfigError as error:
+        print(f"clonejob-server: {error}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as error:
         print(f"clonejob-server: {error}", file=sys.stderr)

@@ -20,6 +20,7 @@ from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService
 from server.config import Config
 from server.engine import Engine, Hub
+from server.security import TokenAuthorizer, check_exposure, server_credentials
 from server.store import SqliteJobStore
 from server.targets.faults import FaultPlan
 from server.targets.local import LocalTarget
@@ -80,6 +81,13 @@ class App:
 
     async def start(self) -> int:
         config = self.config
+        # 0. Refuse to expose an open server beyond loopback (SecurityConfigError).
+        check_exposure(
+            config.listen,
+            tls=config.tls_cert is not None,
+            tokens=config.tokens_file is not None,
+            insecure=config.insecure,
+        )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         # 1. The store: a locked, corrupt or newer database stops us here (StoreError).
         await self.store.open()
@@ -91,7 +99,8 @@ class App:
             max_watches=config.max_watches,
         )
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        registration.add_to_server(self.servicer, server)
+        authorizer = TokenAuthorizer.load(config.tokens_file) if config.tokens_file else None
+        registration.add_to_server(self.servicer, server, authorizer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -101,7 +110,11 @@ class App:
             ),
             server,
         )
-        self.port = server.add_insecure_port(config.listen)
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if credentials is None:
+            self.port = server.add_insecure_port(config.listen)
+        else:
+            self.port = server.add_secure_port(config.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         self.server = server

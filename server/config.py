@@ -29,6 +29,11 @@ class Config:
     port_file: Path | None = None
     log_level: str = "INFO"
     fault_plan: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tokens_file: Path | None = None
+    insecure: bool = False
 
     @property
     def database(self) -> Path:
@@ -103,6 +108,20 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
         "write the bound port here once serving (useful with port 0)",
     ),
     ("--log-level", "CLONEJOB_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    ("--tls-cert", "CLONEJOB_TLS_CERT", Path, "PEM certificate chain: serve over TLS"),
+    ("--tls-key", "CLONEJOB_TLS_KEY", Path, "PEM private key of --tls-cert"),
+    (
+        "--tls-client-ca",
+        "CLONEJOB_TLS_CLIENT_CA",
+        Path,
+        "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    ),
+    (
+        "--tokens-file",
+        "CLONEJOB_TOKENS_FILE",
+        Path,
+        "JSON file of token digests, projects and access: require bearer tokens",
+    ),
     (
         "--fault-plan",
         "CLONEJOB_FAULT_PLAN",
@@ -115,6 +134,12 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, env, kind, text in SERVE_OPTIONS:
         parser.add_argument(flag, type=kind, help=f"{text} [env {env}]")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without TLS and tokens [env CLONEJOB_INSECURE=1]",
+    )
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Config:
@@ -130,5 +155,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
                 raise SystemExit(f"clonejob-server: {variable}: {error}") from None
         if value is not None:
             values[key] = value
+    if getattr(args, "insecure", None) or env.get("CLONEJOB_INSECURE", "") in ("1", "true"):
+        values["insecure"] = True
     values.setdefault("data_dir", default_data_dir(env))
     return Config(**values)  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 The generated `add_CloneJobServiceServicer_to_server` parses requests with
 `FromString`, and a request that is not valid protobuf (random bytes, invalid
 UTF-8 in a string) then fails with UNKNOWN. Here such a request reaches no
-handler: it gets INVALID_ARGUMENT with reason MALFORMED_REQUEST. Responses that
+handler: it gets INVALID_ARGUMENT with reason MALFORMED_REQUEST. When tokens are
+configured, the caller is authorized here too, from the parsed request's name,
+before the handler looks anything up. Responses that
 are already bytes (watch events serialized once for every watcher) are sent as
 they are.
 """
@@ -11,15 +13,18 @@ they are.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from clonejob_grpc import clone_job_pb2, clone_job_service_pb2
 from server.api.errors import ApiError
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
 
 SERVICE = clone_job_service_pb2.DESCRIPTOR.services_by_name["CloneJobService"]
 
@@ -53,29 +58,41 @@ def _malformed(request: MalformedRequest) -> grpc.Status:
     ).to_status()
 
 
-def _guard_unary(
-    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-    @functools.wraps(method)
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if isinstance(request, MalformedRequest):
-            status = _malformed(request)
+class Authorizer(Protocol):
+    def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
+        """Raise ApiError unless the caller may make this call."""
+
+
+async def _admit(name: str, request: Any, context: Context, authorizer: Authorizer | None) -> None:
+    """Abort a call whose request is malformed or whose caller may not make it."""
+    if isinstance(request, MalformedRequest):
+        status = _malformed(request)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    if authorizer is not None:
+        try:
+            authorizer.check(name, request, tuple(context.invocation_metadata() or ()))
+        except ApiError as denied:
+            status = denied.to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _guard_unary(
+    name: str, method: Callable[[Any, Context], Awaitable[Any]], authorizer: Authorizer | None
+) -> Callable[[Any, Context], Awaitable[Any]]:
+    @functools.wraps(method)
+    async def handler(request: Any, context: Context) -> Any:
+        await _admit(name, request, context, authorizer)
         return await method(request, context)
 
     return handler
 
 
 def _guard_stream(
-    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    name: str, method: Callable[[Any, Context], AsyncIterator[Any]], authorizer: Authorizer | None
+) -> Callable[[Any, Context], AsyncIterator[Any]]:
     @functools.wraps(method)
-    async def handler(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        if isinstance(request, MalformedRequest):
-            status = _malformed(request)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+    async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
+        await _admit(name, request, context, authorizer)
         async for response in method(request, context):
             yield response
 
@@ -90,18 +107,24 @@ def _message_class(name: str) -> type[Message]:
     raise LookupError(name)
 
 
-def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
+def add_to_server(
+    servicer: object, server: grpc.aio.Server, authorizer: Authorizer | None = None
+) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:
         impl = getattr(servicer, method.name)
         parse = _parser(_message_class(method.input_type.name))
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _guard_stream(impl), request_deserializer=parse, response_serializer=_serialize
+                _guard_stream(method.name, impl, authorizer),
+                request_deserializer=parse,
+                response_serializer=_serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guard_unary(impl), request_deserializer=parse, response_serializer=_serialize
+                _guard_unary(method.name, impl, authorizer),
+                request_deserializer=parse,
+                response_serializer=_serialize,
             )
     generic = grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))

@@ -32,6 +32,9 @@ HOSTNAME = re.compile(
 RESOURCE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.:-]{0,1023}")
 SERVICE_ACCOUNT = re.compile(r"[A-Za-z0-9._%+-]{1,128}@[A-Za-z0-9.-]{1,128}")
 ZERO_UUID = uuid.UUID(int=0)
+# The canonical 8-4-4-4-12 form only: uuid.UUID() alone also takes braces, "urn:uuid:",
+# underscores and non-ASCII digits.
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +76,16 @@ def check_job_name(value: str, field: str, out: list[Violation]) -> CloneJobName
 def check_request_id(value: str, out: list[Violation]) -> None:
     if not value:
         return
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        out.append(Violation("request_id", f"{_shown(value)} is not a UUID"))
+    if not UUID_TEXT.fullmatch(value):
+        out.append(
+            Violation(
+                "request_id",
+                f"{_shown(value)} is not a UUID in its canonical form"
+                " (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, hexadecimal digits)",
+            )
+        )
         return
-    if parsed == ZERO_UUID:
+    if uuid.UUID(value) == ZERO_UUID:
         out.append(Violation("request_id", "must not be the zero UUID"))
 
 

@@ -250,13 +250,19 @@ class Engine:
 
     async def _change(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         """Apply `fn` to the stored job, commit, then publish. The one way jobs change."""
-        async with self._lock(name):
-            job = await self.get(name)
-            new = fn(job)
-            if new is not job:
-                await self.store.update(new, expected_revision=job.revision)
-                self.hub.publish(new)
-            return new
+        lock = self._lock(name)
+        try:
+            async with lock:
+                job = await self.get(name)
+                new = fn(job)
+                if new is not job:
+                    await self.store.update(new, expected_revision=job.revision)
+                    self.hub.publish(new)
+                return new
+        finally:
+            # Locks live while a job runs here; calls on other jobs leave none behind.
+            if name not in self._tasks and not lock.locked() and self._locks.get(name) is lock:
+                del self._locks[name]
 
     async def _advance(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         """Like `_change`, but leaves a cancelling or ended job as it is."""

@@ -1,0 +1,190 @@
+"""Who may call: TLS credentials, bearer tokens and per-project authorization.
+
+Tokens file (`--tokens-file`)::
+
+    {"tokens": [{"sha256": "<hex SHA-256 of the token>", "projects": ["acme"],
+                 "access": "read" | "write"}]}
+
+It holds digests, never tokens (`clonejob-server hash-token` makes one). A caller
+sends `authorization: Bearer <token>`. No or an unknown token: UNAUTHENTICATED.
+A token used on a project it does not list (`"*"` lists all): PERMISSION_DENIED,
+decided from the request's name alone, before anything is looked up, so it says
+nothing about whether the job exists. A read token may Get, List and Watch; a
+write token may also Create and Cancel. Digests are compared in constant time and
+neither tokens nor digests are logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from server.api.errors import ApiError
+
+READ_METHODS = frozenset({"GetCloneJob", "ListCloneJobs", "WatchCloneJob"})
+WRITE_METHODS = frozenset({"CreateCloneJob", "CancelCloneJob"})
+
+
+class SecurityConfigError(ValueError):
+    """The TLS or tokens configuration cannot be used; the message says why."""
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    sha256: bytes
+    projects: frozenset[str]
+    write: bool
+
+    def covers(self, project: str) -> bool:
+        return "*" in self.projects or project in self.projects
+
+
+class TokenAuthorizer:
+    def __init__(self, grants: Sequence[Grant]) -> None:
+        self._grants = tuple(grants)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenAuthorizer:
+        try:
+            raw = json.loads(path.read_text())
+            grants = []
+            for i, item in enumerate(raw["tokens"]):
+                hexdigest = str(item["sha256"]).lower()
+                if len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
+                    raise SecurityConfigError(f"tokens[{i}].sha256 is not a hex SHA-256 digest")
+                access = item.get("access", "read")
+                if access not in ("read", "write"):
+                    raise SecurityConfigError(f"tokens[{i}].access must be 'read' or 'write'")
+                projects = item.get("projects")
+                if not isinstance(projects, list) or not projects:
+                    raise SecurityConfigError(f"tokens[{i}].projects must be a non-empty list")
+                grants.append(
+                    Grant(
+                        sha256=bytes.fromhex(hexdigest),
+                        projects=frozenset(str(p) for p in projects),
+                        write=access == "write",
+                    )
+                )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            if isinstance(error, SecurityConfigError):
+                raise SecurityConfigError(f"{path}: {error}") from None
+            raise SecurityConfigError(f"{path}: not a valid tokens file ({error})") from None
+        return cls(grants)
+
+    def _grant(self, metadata: Sequence[tuple[str, Any]]) -> Grant:
+        header = next((str(v) for k, v in metadata if k == "authorization"), "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "MISSING_CREDENTIALS",
+                "this server needs a token: send the metadata `authorization: Bearer <token>`",
+            )
+        presented = hashlib.sha256(token.strip().encode()).digest()
+        found: Grant | None = None
+        for grant in self._grants:  # every grant compared, in constant time each
+            if hmac.compare_digest(grant.sha256, presented):
+                found = grant
+        if found is None:
+            raise ApiError(
+                grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN", "the token is not valid"
+            )
+        return found
+
+    def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
+        """Raise ApiError unless the caller may call `method` on the request's project."""
+        grant = self._grant(metadata)
+        resource = getattr(request, "parent", "") or getattr(request, "name", "")
+        project = project_of(resource)
+        if method in WRITE_METHODS and not grant.write:
+            raise ApiError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "WRITE_ACCESS_REQUIRED",
+                f"{method} needs a token with write access; this one may only read",
+                {"method": method},
+            )
+        if project is None:
+            return  # no project: validation answers INVALID_ARGUMENT, revealing nothing
+        if not grant.covers(project):
+            raise ApiError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "PROJECT_ACCESS_DENIED",
+                f"the token does not grant access to project {project[:63]!r}",
+                {"project": project[:63]},
+            )
+
+
+def project_of(resource: str) -> str | None:
+    parts = resource.split("/")
+    if len(parts) >= 2 and parts[0] == "projects" and parts[1]:
+        return parts[1]
+    return None
+
+
+def server_credentials(
+    cert: Path | None, key: Path | None, client_ca: Path | None
+) -> grpc.ServerCredentials | None:
+    """TLS, and mutual TLS when a client CA is given; None for plaintext."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise SecurityConfigError("TLS needs both --tls-cert and --tls-key")
+    try:
+        chain = cert.read_bytes()
+        private = key.read_bytes()
+        roots = client_ca.read_bytes() if client_ca else None
+    except OSError as error:
+        raise SecurityConfigError(f"cannot read a TLS file: {error}") from None
+    return grpc.ssl_server_credentials(
+        [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
+    )
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]") if ":" in listen else listen
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(listen: str, *, tls: bool, tokens: bool, insecure: bool) -> None:
+    """Refuse to serve beyond loopback without TLS and tokens, unless told --insecure."""
+    if is_loopback(listen) or insecure or (tls and tokens):
+        return
+    missing = " and ".join(
+        what
+        for what, ok in (("TLS (--tls-cert/--tls-key)", tls), ("tokens (--tokens-file)", tokens))
+        if not ok
+    )
+    raise SecurityConfigError(
+        f"refusing to listen on {listen} without {missing}: anyone who can reach it could"
+        " create and cancel jobs. Listen on 127.0.0.1, configure both, or pass --insecure"
+        " to accept the risk."
+    )
+
+
+def metadata_pairs(
+    metadata: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+) -> list[tuple[str, Any]]:
+    if metadata is None:
+        return []
+    if isinstance(metadata, Mapping):
+        return list(metadata.items())
+    return [(k, v) for k, v in metadata]
