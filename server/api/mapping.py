@@ -52,6 +52,8 @@ def clear_output_only(job: pb.CloneJob) -> pb.CloneJob:
     if not job.HasField("compute_engine_target_details"):
         clean.ClearField("compute_engine_target_details")
     clean.compute_engine_disks_target_details.ClearField("disks")
+    if clean.compute_engine_disks_target_details.HasField("vm_target_details"):
+        clean.compute_engine_disks_target_details.vm_target_details.ClearField("vm_uri")
     if not job.HasField("compute_engine_disks_target_details"):
         clean.ClearField("compute_engine_disks_target_details")
     return clean
