@@ -20,6 +20,8 @@ from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService
 from server.config import Config
 from server.engine import Engine, Hub
+from server.observability.interceptor import RpcObserver
+from server.observability.metrics import Metrics
 from server.security import TokenAuthorizer, check_exposure, server_credentials
 from server.store import SqliteJobStore
 from server.targets.faults import FaultPlan
@@ -65,19 +67,22 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = SqliteJobStore(config.database)
+        self.store = SqliteJobStore(config.database, revision_retention=config.revision_retention)
         faults = FaultPlan.load(config.fault_plan) if config.fault_plan else None
         self.target = LocalTarget(config.data_dir, faults)
+        self.metrics = Metrics()
         self.engine = Engine(
             self.store,
             self.target,
             max_concurrent_jobs=config.max_concurrent_jobs,
             hub=Hub(config.watch_buffer),
+            observers=[self.metrics],
         )
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.servicer: CloneJobService | None = None
         self.port = 0
+        self.metrics_port = 0
 
     async def start(self) -> int:
         config = self.config
@@ -91,6 +96,10 @@ class App:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         # 1. The store: a locked, corrupt or newer database stops us here (StoreError).
         await self.store.open()
+        # 1b. Metrics: job gauges from the store before anything changes; the endpoint.
+        self.metrics.count_jobs(await self.store.count_by_state())
+        if config.metrics_listen is not None:
+            self.metrics_port = await self.metrics.serve(config.metrics_listen)
         # 2. The gRPC server, bound but not yet serving the job service as healthy.
         self.servicer = CloneJobService(
             self.engine,
@@ -98,7 +107,13 @@ class App:
             heartbeat_interval=config.heartbeat_interval,
             max_watches=config.max_watches,
         )
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        servicer = self.servicer
+        self.metrics.track(
+            queued=lambda: self.engine.queued_jobs,
+            running=lambda: self.engine.slots_in_use,
+            open_watches=lambda: servicer.open_watches,
+        )
+        server = grpc.aio.server(interceptors=[RpcObserver(self.metrics)], options=SERVER_OPTIONS)
         authorizer = TokenAuthorizer.load(config.tokens_file) if config.tokens_file else None
         registration.add_to_server(self.servicer, server, authorizer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -125,11 +140,12 @@ class App:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "clonejob-server listening on %s (port %d), data in %s, %d jobs resumed",
+            "clonejob-server listening on %s (port %d), data in %s, %d jobs resumed, metrics %s",
             config.listen,
             self.port,
             config.data_dir,
             resumed,
+            self.metrics.url or "off",
         )
         if config.port_file is not None:
             tmp = config.port_file.with_name(config.port_file.name + ".tmp")
@@ -147,7 +163,9 @@ class App:
             await self.server.stop(self.config.shutdown_grace)
         # 4. Running jobs stop where they are; the next start resumes them.
         await self.engine.stop()
-        # 5. The store closes last: everything above may still commit.
+        # 5. The metrics endpoint, kept up until now for a last scrape.
+        await self.metrics.close()
+        # 6. The store closes last: everything above may still commit.
         await self.store.close()
         log.info("clonejob-server stopped")
 

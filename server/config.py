@@ -25,9 +25,12 @@ class Config:
     heartbeat_interval: float = 30.0
     max_watches: int = 10_000
     watch_buffer: int = 1024
+    revision_retention: int = 1000
     shutdown_grace: float = 10.0
     port_file: Path | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_listen: str | None = None
     fault_plan: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -67,6 +70,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not text or json")
+    return value
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return text
+
+
 # flag, environment variable, type, help
 SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
     ("--listen", "CLONEJOB_LISTEN", str, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051)"),
@@ -96,6 +113,12 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
         "changes buffered per watcher before it is cut off as too slow (default 1024)",
     ),
     (
+        "--revision-retention",
+        "CLONEJOB_REVISION_RETENTION",
+        _positive_int,
+        "revisions kept per job for watch resume; older ones are OUT_OF_RANGE (default 1000)",
+    ),
+    (
         "--shutdown-grace",
         "CLONEJOB_SHUTDOWN_GRACE",
         _positive_float,
@@ -108,6 +131,18 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
         "write the bound port here once serving (useful with port 0)",
     ),
     ("--log-level", "CLONEJOB_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    (
+        "--log-format",
+        "CLONEJOB_LOG_FORMAT",
+        _log_format,
+        "text, or json: one JSON object per line (default text)",
+    ),
+    (
+        "--metrics-listen",
+        "CLONEJOB_METRICS_LISTEN",
+        _host_port,
+        "HOST:PORT to serve Prometheus metrics on at /metrics (default: no metrics endpoint)",
+    ),
     ("--tls-cert", "CLONEJOB_TLS_CERT", Path, "PEM certificate chain: serve over TLS"),
     ("--tls-key", "CLONEJOB_TLS_KEY", Path, "PEM private key of --tls-cert"),
     (

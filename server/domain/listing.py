@@ -91,8 +91,24 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return out
 
 
+_RFC3339 = re.compile(
+    r"(?P<base>\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2})(\.(?P<fraction>\d{1,9}))?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
 def parse_timestamp(text: str) -> datetime:
     """An RFC 3339 timestamp with an explicit offset."""
+    match = _RFC3339.fullmatch(text)
+    if not match:
+        raise InvalidQueryError(
+            f"{text!r} is not an RFC 3339 timestamp such as \"2026-11-01T00:00:00Z\""
+        )
+    if not match["offset"]:
+        raise InvalidQueryError(f"{text!r} has no time zone offset (RFC 3339 needs one)")
+    # Python keeps microseconds: digits beyond six are dropped.
+    fraction = f".{match['fraction'][:6]:0<6}" if match["fraction"] else ""
+    text = f"{match['base']}{fraction}{match['offset']}"
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -145,7 +161,9 @@ def parse_filter(text: str) -> AllOf | None:
         i += 3
         if i == len(tokens):
             break
-        joiner = tokens[i][1]
+        kind, joiner = tokens[i]
+        if kind != "word":
+            raise InvalidQueryError(f"expected AND or OR, found {joiner!r}")
         if joiner == "OR":
             pass
         elif joiner == "AND":

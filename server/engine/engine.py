@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from server.domain.errors import (
     JobExistsError,
@@ -64,6 +65,13 @@ class Heartbeat:
     revision: int
 
 
+class ChangeObserver(Protocol):
+    """Told of every committed change, in commit order; must not block or raise."""
+
+    def on_change(self, old: CloneJob | None, new: CloneJob) -> None:
+        """`old` is None for a job just created."""
+
+
 @dataclass(slots=True)
 class _Run:
     """What the engine holds for a job it is running."""
@@ -84,6 +92,7 @@ class Engine:
         max_concurrent_jobs: int = 4,
         hub: Hub | None = None,
         clock: Callable[[], datetime] = utcnow,
+        observers: Sequence[ChangeObserver] = (),
     ) -> None:
         self.store = store
         self.target = target
@@ -94,6 +103,9 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._observers = tuple(observers)
+        self._queued = 0  # jobs waiting for a slot
+        self._in_slots = 0  # jobs holding a slot
 
     # -- lifecycle --
 
@@ -119,6 +131,16 @@ class Engine:
     @property
     def running_jobs(self) -> int:
         return len(self._tasks)
+
+    @property
+    def queued_jobs(self) -> int:
+        """Jobs waiting for a free slot."""
+        return self._queued
+
+    @property
+    def slots_in_use(self) -> int:
+        """Jobs holding a slot: running their steps."""
+        return self._in_slots
 
     # -- the calls --
 
@@ -154,6 +176,7 @@ class Engine:
                 return self._same_request(request_id, request_hash, dup.existing)
             raise JobExistsError(dup.existing) from None
         self.hub.publish(job)
+        self._committed(None, job)
         self._submit(job.name)
         log.info("created %s (cycle %s)", job.name, cycle)
         return job
@@ -224,6 +247,8 @@ class Engine:
                 for past in await self.store.revisions(name, after=after_revision):
                     yield past
                     last = past.revision
+                    if past.state.terminal:  # it may have ended after `job` was read
+                        return
             if job.state.terminal and last >= job.revision:
                 return
             while True:
@@ -258,11 +283,34 @@ class Engine:
                 if new is not job:
                     await self.store.update(new, expected_revision=job.revision)
                     self.hub.publish(new)
+                    self._committed(job, new)
                 return new
         finally:
             # Locks live while a job runs here; calls on other jobs leave none behind.
             if name not in self._tasks and not lock.locked() and self._locks.get(name) is lock:
                 del self._locks[name]
+
+    def _committed(self, old: CloneJob | None, new: CloneJob) -> None:
+        if old is None or old.state is not new.state:
+            before = "none" if old is None else old.state.name
+            log.info(
+                "%s: %s -> %s (revision %d)",
+                new.name,
+                before,
+                new.state.name,
+                new.revision,
+                extra={
+                    "job": new.name,
+                    "old_state": before,
+                    "new_state": new.state.name,
+                    "revision": new.revision,
+                },
+            )
+        for observer in self._observers:
+            try:
+                observer.on_change(old, new)
+            except Exception:  # an observer's bug must not undo a committed change
+                log.exception("observer %r failed on %s", observer, new.name)
 
     async def _advance(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         """Like `_change`, but leaves a cancelling or ended job as it is."""
@@ -302,18 +350,22 @@ class Engine:
         if not await self._acquire_slot(run):
             await self._finish(await self.get(name), None)
             return
+        self._in_slots += 1
         try:
             await self._steps(name, run)
         finally:
+            self._in_slots -= 1
             self._slots.release()
 
     async def _acquire_slot(self, run: _Run) -> bool:
         """Wait for a free slot; False when the job is cancelled while waiting."""
         acquire = asyncio.ensure_future(self._slots.acquire())
         woken = asyncio.ensure_future(run.wake.wait())
+        self._queued += 1
         try:
             await asyncio.wait({acquire, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._queued -= 1
             woken.cancel()
             if not acquire.done():
                 acquire.cancel()

@@ -10,7 +10,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -36,8 +36,10 @@ _COLUMNS = {Field.STATE: "state", Field.CREATE_TIME: "create_time_us", Field.NAM
 
 
 class SqliteJobStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, revision_retention: int = 1000) -> None:
         self.path = path
+        # Revisions kept per job for watch resume; older ones are compacted away.
+        self.revision_retention = revision_retention
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._wconn: sqlite3.Connection | None = None
@@ -198,6 +200,10 @@ class SqliteJobStore:
                 "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
                 (job.name, job.revision, record),
             )
+            conn.execute(
+                "DELETE FROM clone_job_revisions WHERE name = ? AND revision <= ?",
+                (job.name, job.revision - self.revision_retention),
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -253,6 +259,17 @@ class SqliteJobStore:
             f"SELECT record FROM clone_jobs WHERE state IN ({marks}) ORDER BY create_time_us, name",
             _UNFINISHED,
         )
+
+    async def count_by_state(self) -> Mapping[State, int]:
+        rows = await self._run(
+            self._reader,
+            lambda: (
+                self._r()
+                .execute("SELECT state, COUNT(*) FROM clone_jobs GROUP BY state")
+                .fetchall()
+            ),
+        )
+        return {State(int(state)): int(count) for state, count in rows}
 
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
         where = ["parent = ?"]
