@@ -1,0 +1,58 @@
+"""The Node.js client in tests/interop/ (@grpc/grpc-js) against a real server.
+
+`interop.mjs` loads the stubs from protos/ at run time and checks create, watch,
+cancel, rich errors and watch resume; see its header. It needs `node` and the
+packages that `.ci/interop-setup` (`npm ci`) installs; without them the test skips.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from clonejob_rpc import VM1
+
+if TYPE_CHECKING:
+    from conftest import ServerPool
+
+INTEROP = Path(__file__).resolve().parents[1] / "interop"
+NODE = shutil.which("node")
+NODE_TIMEOUT = 90.0
+# The `hold-` job waits in ADAPTING_OS in the only job slot, so the watched job is
+# still PENDING when its watch opens (interop.mjs's header explains).
+HOLD = {"match": "cloneJobs/hold-", "step": "adapting_os", "action": "hold"}
+# connect, hold, create, cancel, watch, rich error, resume: a script that skipped
+# one would print fewer.
+CHECKS = 7
+
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not on PATH"),
+    pytest.mark.skipif(
+        not (INTEROP / "node_modules").is_dir(),
+        reason="tests/interop/node_modules is missing: run .ci/interop-setup (npm ci)",
+    ),
+]
+
+
+def test_interop_node_client_passes_every_check(
+    servers: ServerPool, data_dir: Path, sample_vm: Callable[..., Path]
+) -> None:
+    sample_vm(data_dir, VM1)
+    server = servers.start(data_dir, fault_plan=[HOLD], max_concurrent_jobs=1)
+    assert NODE is not None
+    args = [NODE, str(INTEROP / "interop.mjs"), server.address, VM1]
+    try:
+        done = subprocess.run(
+            args, cwd=INTEROP, capture_output=True, text=True, timeout=NODE_TIMEOUT
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"interop.mjs ran over {NODE_TIMEOUT} s:\n{expired.stdout}\n{expired.stderr}")
+    output = f"{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"interop.mjs exited {done.returncode}:\n{output}"
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"{CHECKS} passed, 0 failed", last), output
