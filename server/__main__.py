@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from server import config as cfg
 from server.domain.names import InvalidNameError, MigratingVmName
+from server.observability.logs import configure_logging
 from server.security import SecurityConfigError, digest
 from server.store import StoreError
 
@@ -96,10 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "serve":
         argv = argv[1:]
     config = cfg.from_args(_serve_parser().parse_args(argv))
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     from server.app import serve
 
     try:

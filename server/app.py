@@ -22,7 +22,12 @@ from server.config import Config
 from server.engine import Engine, Hub
 from server.observability.interceptor import RpcObserver
 from server.observability.metrics import Metrics
-from server.security import TokenAuthorizer, check_exposure, server_credentials
+from server.security import (
+    SecurityConfigError,
+    TokenAuthorizer,
+    check_exposure,
+    server_credentials,
+)
 from server.store import SqliteJobStore
 from server.targets.faults import FaultPlan
 from server.targets.local import LocalTarget
@@ -130,6 +135,11 @@ class App:
             self.port = server.add_insecure_port(config.listen)
         else:
             self.port = server.add_secure_port(config.listen, credentials)
+            if self.port == 0:
+                raise SecurityConfigError(
+                    f"cannot serve TLS on {config.listen}: check that --tls-cert and --tls-key"
+                    " are PEM files and that the key belongs to the certificate"
+                )
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         self.server = server

@@ -104,10 +104,12 @@ class TokenAuthorizer:
         return found
 
     def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
-        """Raise ApiError unless the caller may call `method` on the request's project."""
+        """Raise ApiError unless the caller may call `method` on the request's projects.
+
+        `request` is None when it could not be parsed: the caller is still
+        authenticated first, so a caller without a token learns nothing else.
+        """
         grant = self._grant(metadata)
-        resource = getattr(request, "parent", "") or getattr(request, "name", "")
-        project = project_of(resource)
         if method in WRITE_METHODS and not grant.write:
             raise ApiError(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -115,15 +117,22 @@ class TokenAuthorizer:
                 f"{method} needs a token with write access; this one may only read",
                 {"method": method},
             )
-        if project is None:
-            return  # no project: validation answers INVALID_ARGUMENT, revealing nothing
-        if not grant.covers(project):
-            raise ApiError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "PROJECT_ACCESS_DENIED",
-                f"the token does not grant access to project {project[:63]!r}",
-                {"project": project[:63]},
-            )
+        if request is None:
+            return
+        resource = getattr(request, "parent", "") or getattr(request, "name", "")
+        projects = [project_of(resource)]
+        if method == "CreateCloneJob":
+            # The target project is written to as well: the token must cover it too.
+            projects.append(request.clone_job.compute_engine_target_details.project or None)
+        for project in projects:
+            # No project: validation answers INVALID_ARGUMENT, revealing nothing.
+            if project is not None and not grant.covers(project):
+                raise ApiError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "PROJECT_ACCESS_DENIED",
+                    f"the token does not grant access to project {project[:63]!r}",
+                    {"project": project[:63]},
+                )
 
 
 def project_of(resource: str) -> str | None:
@@ -155,7 +164,12 @@ def server_credentials(
 
 
 def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]") if ":" in listen else listen
+    host = listen.rpartition(":")[0] if ":" in listen else listen
+    if ":" in host and not host.startswith("["):
+        raise SecurityConfigError(
+            f"{listen!r}: write an IPv6 address in brackets, as in [::1]:50051"
+        )
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:

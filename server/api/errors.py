@@ -66,9 +66,35 @@ class ApiError(Exception):
         return rpc_status.to_status(status)
 
 
+# Rich details travel in a trailer, and clients refuse trailers over 8-16 KiB:
+# the violations sent are capped so the error always arrives whole.
+MAX_VIOLATIONS = 16
+MAX_FIELD_CHARS = 160
+MAX_DESCRIPTION_CHARS = 240
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def invalid_argument(violations: Sequence[Violation]) -> ApiError:
+    total = len(violations)
+    violations = [
+        Violation(_short(v.field, MAX_FIELD_CHARS), _short(v.description, MAX_DESCRIPTION_CHARS))
+        for v in violations[:MAX_VIOLATIONS]
+    ]
+    if total > MAX_VIOLATIONS:
+        last = violations[-1]
+        violations[-1] = Violation(
+            last.field,
+            _short(
+                f"{last.description} ({total - MAX_VIOLATIONS + 1} more violations not listed:"
+                " fix these and send again)",
+                MAX_DESCRIPTION_CHARS + 80,
+            ),
+        )
     first = violations[0]
-    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    more = f" (and {total - 1} more)" if total > 1 else ""
     return ApiError(
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",

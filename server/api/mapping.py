@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -75,22 +75,46 @@ def error_status(error: JobError) -> pb.Status:
     return pb.Status(code=int(error.code), message=error.message, details=[detail])
 
 
-_CACHE_SIZE = 4096
-_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+class _RevisionCache:
+    """Serialized forms of committed revisions, least recently used out first.
+
+    Entries keep the job they were made from and serve only an equal job: a
+    revision is unique within one store, not within a process that runs several
+    servers (tests), where a stale entry would answer with another job's content.
+    Bounded by entries and by bytes, since one job may be up to 1 MiB.
+    """
+
+    def __init__(self, build: Callable[[CloneJob], bytes]) -> None:
+        self._build = build
+        self._entries: OrderedDict[tuple[str, int], tuple[CloneJob, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, job: CloneJob) -> bytes:
+        key = (job.name, job.revision)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == job:
+            self._entries.move_to_end(key)
+            return entry[1]
+        data = self._build(job)
+        if entry is not None:
+            self._bytes -= len(entry[1])
+        self._entries[key] = (job, data)
+        self._bytes += len(data)
+        while len(self._entries) > CACHE_ENTRIES or self._bytes > CACHE_BYTES:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+        return data
+
+
+CACHE_ENTRIES = 4096
+CACHE_BYTES = 64 * 1024 * 1024
+_jobs = _RevisionCache(lambda job: _build_job(job).SerializeToString())
 
 
 def job_bytes(job: CloneJob) -> bytes:
     """The serialized proto of a job. A revision never changes once committed, so
     each is built once and shared by every Get and watcher that needs it."""
-    key = (job.name, job.revision)
-    data = _cache.get(key)
-    if data is None:
-        data = _cache[key] = _build_job(job).SerializeToString()
-        if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    else:
-        _cache.move_to_end(key)
-    return data
+    return _jobs.get(job)
 
 
 def job_to_proto(job: CloneJob) -> pb.CloneJob:
@@ -165,15 +189,9 @@ def watch_response(job: CloneJob) -> spb.WatchCloneJobResponse:
     return response
 
 
-_watch_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+_watch_events = _RevisionCache(lambda job: watch_response(job).SerializeToString())
 
 
 def watch_bytes(job: CloneJob) -> bytes:
     """A serialized watch event, made once per revision however many watchers get it."""
-    key = (job.name, job.revision)
-    data = _watch_cache.get(key)
-    if data is None:
-        data = _watch_cache[key] = watch_response(job).SerializeToString()
-        if len(_watch_cache) > _CACHE_SIZE:
-            _watch_cache.popitem(last=False)
-    return data
+    return _watch_events.get(job)

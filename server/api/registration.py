@@ -65,15 +65,18 @@ class Authorizer(Protocol):
 
 async def _admit(name: str, request: Any, context: Context, authorizer: Authorizer | None) -> None:
     """Abort a call whose request is malformed or whose caller may not make it."""
-    if isinstance(request, MalformedRequest):
-        status = _malformed(request)
-        await context.abort(status.code, status.details, status.trailing_metadata)
-    if authorizer is not None:
+    malformed = isinstance(request, MalformedRequest)
+    if authorizer is not None:  # before parsing errors: no token, no information
         try:
-            authorizer.check(name, request, tuple(context.invocation_metadata() or ()))
+            authorizer.check(
+                name, None if malformed else request, tuple(context.invocation_metadata() or ())
+            )
         except ApiError as denied:
             status = denied.to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
+    if malformed:
+        status = _malformed(request)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _guard_unary(

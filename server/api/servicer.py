@@ -42,6 +42,10 @@ log = logging.getLogger("clonejob.api")
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 1000
+# A job stays well below clients' default 4 MiB message limit, and so does a page:
+# a List page ends early (with a next_page_token) once it reaches MAX_PAGE_BYTES.
+MAX_CLONE_JOB_BYTES = 1024 * 1024
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 class CloneJobService(spb_grpc.CloneJobServiceServicer):
@@ -120,7 +124,14 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             )
         elif parent is not None:
             target = disks_target(
-                mapping.to_dict(clean.compute_engine_disks_target_details), parent
+                mapping.to_dict(clean.compute_engine_disks_target_details), parent, out
+            )
+        if clean.ByteSize() > MAX_CLONE_JOB_BYTES:
+            out.append(
+                Violation(
+                    "clone_job",
+                    f"is {clean.ByteSize()} bytes; at most {MAX_CLONE_JOB_BYTES} are allowed",
+                )
             )
         if out or parent is None or target is None:
             raise invalid_argument(out)
@@ -217,8 +228,14 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                 {"migrating_vm": str(parent)},
             )
         response = spb.ListCloneJobsResponse()
-        for job in jobs[:page_size]:
-            response.clone_jobs.append(mapping.job_to_proto(job))
+        size = 0
+        for count, job in enumerate(jobs[:page_size], start=1):
+            data = mapping.job_bytes(job)
+            response.clone_jobs.append(pb.CloneJob.FromString(data))
+            size += len(data) + 8
+            if size >= MAX_PAGE_BYTES and count < len(jobs):
+                page_size = count  # a shorter page: the token continues after this job
+                break
         if len(jobs) > page_size:
             last = jobs[page_size - 1]
             response.next_page_token = self._tokens.encode(

@@ -192,6 +192,7 @@ def check_vm_target(
             _check_nic(nic, f"{base}.network_interfaces[{i}]", out)
     for name in ("disk_type", "license_type", "boot_conversion"):
         _enum(details.get(name), f"{base}.{name}", out)
+    _check_bounded_fields(details, base, out)
     scheduling = details.get("compute_scheduling", {})
     for name in ("on_host_maintenance", "restart_type"):
         _enum(scheduling.get(name), f"{base}.compute_scheduling.{name}", out)
@@ -213,6 +214,61 @@ def check_vm_target(
         machine_type=machine_type,
         details=filled,
     )
+
+
+MAX_TEXT_CHARS = 256
+
+
+def _text(value: Any, field: str, out: list[Violation], limit: int = MAX_TEXT_CHARS) -> None:
+    if isinstance(value, str) and (len(value) > limit or not value.isprintable()):
+        out.append(
+            Violation(field, f"must be at most {limit} printable characters ({len(value)} given)")
+        )
+
+
+def _check_bounded_fields(details: Mapping[str, Any], base: str, out: list[Violation]) -> None:
+    """Fields this service stores but does not act on: bounded, and names checked."""
+    for name, value in (
+        ("storage_pool", details.get("storage_pool", "")),
+        ("encryption.kms_key", details.get("encryption", {}).get("kms_key", "")),
+    ):
+        if value and not RESOURCE_REF.fullmatch(value):
+            out.append(Violation(f"{base}.{name}", f"{_shown(value)} is not a resource name"))
+    modifiers = details.get("adaptation_modifiers", [])
+    if len(modifiers) > MAX_LIST_ITEMS:
+        out.append(
+            Violation(
+                f"{base}.adaptation_modifiers",
+                f"has {len(modifiers)} items; at most {MAX_LIST_ITEMS} are allowed",
+            )
+        )
+    else:
+        for i, modifier in enumerate(modifiers):
+            for key in ("modifier", "value"):
+                _text(modifier.get(key), f"{base}.adaptation_modifiers[{i}].{key}", out)
+    scheduling = details.get("compute_scheduling", {})
+    if scheduling.get("min_node_cpus", 0) < 0:
+        out.append(Violation(f"{base}.compute_scheduling.min_node_cpus", "must not be negative"))
+    affinities = scheduling.get("node_affinities", [])
+    field = f"{base}.compute_scheduling.node_affinities"
+    if len(affinities) > MAX_LIST_ITEMS:
+        out.append(
+            Violation(field, f"has {len(affinities)} items; at most {MAX_LIST_ITEMS} are allowed")
+        )
+        return
+    for i, affinity in enumerate(affinities):
+        _text(affinity.get("key"), f"{field}[{i}].key", out)
+        values = affinity.get("values", [])
+        if len(values) > MAX_LIST_ITEMS:
+            out.append(
+                Violation(
+                    f"{field}[{i}].values",
+                    f"has {len(values)} items; at most {MAX_LIST_ITEMS} are allowed",
+                )
+            )
+        else:
+            for j, value in enumerate(values):
+                _text(value, f"{field}[{i}].values[{j}]", out)
 
 
 def _check_nic(nic: Mapping[str, Any], field: str, out: list[Violation]) -> None:
@@ -285,9 +341,21 @@ def _check_metadata(metadata: Mapping[str, str], field: str, out: list[Violation
         )
 
 
-def disks_target(details: Mapping[str, Any], parent: MigratingVmName) -> TargetSpec:
+def disks_target(
+    details: Mapping[str, Any], parent: MigratingVmName, out: list[Violation]
+) -> TargetSpec | None:
     """A disks-only clone goes to the migrating VM's project, in a zone named after
-    its location."""
+    its location: both must then be RFC 1035 labels, as target names are."""
+    bad = [s for s in (parent.project, parent.location) if not RFC1035.fullmatch(s)]
+    if bad:
+        out.append(
+            Violation(
+                "clone_job.compute_engine_disks_target_details",
+                f"a disks-only clone goes to the parent's project and location, and"
+                f" {_shown(bad[0])} {RFC1035_RULE}",
+            )
+        )
+        return None
     return TargetSpec(
         kind=TargetKind.DISKS,
         project=parent.project,

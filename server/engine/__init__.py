@@ -1,6 +1,6 @@
 """Runs clone jobs step by step; every change is committed, then published."""
 
 from server.engine.broadcast import Hub
-from server.engine.engine import Engine, Heartbeat
+from server.engine.engine import ChangeObserver, Engine, Heartbeat
 
-__all__ = ["Engine", "Heartbeat", "Hub"]
+__all__ = ["ChangeObserver", "Engine", "Heartbeat", "Hub"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from server.domain.job import CloneJob
+from server.domain.job import CloneJob, State
 from server.domain.listing import ListQuery
 
 
@@ -53,3 +53,6 @@ class JobStore(Protocol):
 
     async def unfinished(self) -> Sequence[CloneJob]:
         """Every job not yet in a terminal state, oldest first."""
+
+    async def count_by_state(self) -> Mapping[State, int]:
+        """How many jobs are in each state (states with none may be left out)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,8 @@ def migrations() -> list[str]:
     return [(folder / n).read_text() for n in names]
 
 
+# Changes committed together at most (one transaction, one fsync).
+MAX_BATCH = 256
 _UNFINISHED = tuple(int(s) for s in State if not s.terminal)
 _COLUMNS = {Field.STATE: "state", Field.CREATE_TIME: "create_time_us", Field.NAME: "name"}
 
@@ -45,6 +48,8 @@ class SqliteJobStore:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], None], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     # -- lifecycle --
 
@@ -141,14 +146,67 @@ class SqliteJobStore:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
     # -- writes --
+    #
+    # Group commit: changes that arrive while a commit is under way wait for it,
+    # then go together in the next transaction, with one fsync. Each change runs
+    # under its own savepoint, so one that fails (a duplicate, a conflict) fails
+    # alone; every caller is answered only after the COMMIT that holds its change.
 
     async def create(self, job: CloneJob) -> None:
-        await self._run(self._writer, lambda: self._create(job))
+        await self._write(functools.partial(self._insert, job))
 
-    def _create(self, job: CloneJob) -> None:
+    async def update(self, job: CloneJob, *, expected_revision: int) -> None:
+        await self._write(functools.partial(self._replace, job, expected_revision))
+
+    async def _write(self, op: Callable[[sqlite3.Connection], None]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            ops = [op for op, _ in batch]
+            try:
+                outcomes = await self._run(self._writer, functools.partial(self._commit, ops))
+            except BaseException as error:  # the COMMIT itself failed: nothing was written
+                outcomes = [error] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
+
+    def _commit(
+        self, ops: list[Callable[[sqlite3.Connection], None]]
+    ) -> list[BaseException | None]:
         conn = self._w()
-        record = records.dump(job)
+        outcomes: list[BaseException | None] = []
         conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT change")
+                try:
+                    op(conn)
+                except (sqlite3.IntegrityError, ConflictError, DuplicateJobError) as error:
+                    conn.execute("ROLLBACK TO change")
+                    outcomes.append(error)
+                else:
+                    outcomes.append(None)
+                conn.execute("RELEASE change")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _insert(self, job: CloneJob, conn: sqlite3.Connection) -> None:
+        record = records.dump(job)
         try:
             conn.execute(
                 "INSERT INTO clone_jobs (name, parent, request_id, state, create_time_us,"
@@ -163,13 +221,7 @@ class SqliteJobStore:
                     record,
                 ),
             )
-            conn.execute(
-                "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
-                (job.name, job.revision, record),
-            )
-            conn.execute("COMMIT")
         except sqlite3.IntegrityError:
-            conn.execute("ROLLBACK")
             row = conn.execute(
                 "SELECT record FROM clone_jobs WHERE name = ? OR request_id = ?",
                 (job.name, job.request_id or None),
@@ -177,37 +229,28 @@ class SqliteJobStore:
             if row is None:
                 raise
             raise DuplicateJobError(records.load(row[0])) from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn.execute(
+            "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
+            (job.name, job.revision, record),
+        )
 
-    async def update(self, job: CloneJob, *, expected_revision: int) -> None:
-        await self._run(self._writer, lambda: self._update(job, expected_revision))
-
-    def _update(self, job: CloneJob, expected_revision: int) -> None:
-        conn = self._w()
+    def _replace(self, job: CloneJob, expected_revision: int, conn: sqlite3.Connection) -> None:
         record = records.dump(job)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = conn.execute(
-                "UPDATE clone_jobs SET state = ?, revision = ?, record = ?"
-                " WHERE name = ? AND revision = ?",
-                (int(job.state), job.revision, record, job.name, expected_revision),
-            )
-            if cursor.rowcount != 1:
-                raise ConflictError(f"{job.name} is not at revision {expected_revision}")
-            conn.execute(
-                "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
-                (job.name, job.revision, record),
-            )
-            conn.execute(
-                "DELETE FROM clone_job_revisions WHERE name = ? AND revision <= ?",
-                (job.name, job.revision - self.revision_retention),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        cursor = conn.execute(
+            "UPDATE clone_jobs SET state = ?, revision = ?, record = ?"
+            " WHERE name = ? AND revision = ?",
+            (int(job.state), job.revision, record, job.name, expected_revision),
+        )
+        if cursor.rowcount != 1:
+            raise ConflictError(f"{job.name} is not at revision {expected_revision}")
+        conn.execute(
+            "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
+            (job.name, job.revision, record),
+        )
+        conn.execute(
+            "DELETE FROM clone_job_revisions WHERE name = ? AND revision <= ?",
+            (job.name, job.revision - self.revision_retention),
+        )
 
     # -- reads --
 

@@ -1,0 +1,174 @@
+"""Prometheus metrics of one server, on their own registry and their own port.
+
+Each `Metrics` owns a `CollectorRegistry`, so several servers can run in one
+process (tests) without their series mixing. The endpoint is prometheus_client's
+WSGI server on a daemon thread: scrapes never touch the event loop, and `close`
+shuts it down. Job gauges follow the engine's committed changes (`on_change`);
+queue, slot and watch gauges are read from their owners at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from server.domain.job import CloneJob, State, StepKind
+
+# RPCs: from sub-millisecond Gets to watches that last hours.
+RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600)
+# Steps: seconds for small disks to hours for large ones.
+STEP_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` → (host, port); ValueError when it is neither."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class Metrics:
+    """The service's metrics; the engine's observer and the RPC interceptor feed them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter(
+            "clonejob_rpcs", "RPCs ended, by method and status code", ["method", "code"], registry=r
+        )
+        self.rpc_duration = Histogram(
+            "clonejob_rpc_duration_seconds",
+            "RPC duration; for streams, the stream's lifetime",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.jobs = Gauge("clonejob_jobs", "Clone jobs by state", ["state"], registry=r)
+        self.step_duration = Histogram(
+            "clonejob_step_duration_seconds",
+            "Duration of ended steps (succeeded, failed or cancelled)",
+            ["step"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.open_watch_streams = Gauge(
+            "clonejob_open_watch_streams", "Open WatchCloneJob streams", registry=r
+        )
+        self.queue_depth = Gauge(
+            "clonejob_engine_queue_depth", "Jobs waiting for a free slot", registry=r
+        )
+        self.running_jobs = Gauge(
+            "clonejob_engine_running_jobs", "Jobs holding a slot, running their steps", registry=r
+        )
+        self.bytes_copied = Counter(
+            "clonejob_bytes_copied",
+            "Bytes of disk images copied by preparing_vm_disks (holes count as copied)",
+            registry=r,
+        )
+        for state in State:
+            self.jobs.labels(state=state.name)
+        for step in StepKind:
+            self.step_duration.labels(step=step.value)
+        self._copied: dict[str, int] = {}  # bytes counted so far of each job's disk copy
+        self._httpd: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self.url = ""  # of the endpoint, once it serves
+
+    # -- feeds --
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        self.rpcs.labels(method=method, code=code).inc()
+        self.rpc_duration.labels(method=method).observe(seconds)
+
+    def count_jobs(self, counts: Mapping[State, int]) -> None:
+        """Start the job gauges from the store, before any change is observed."""
+        for state in State:
+            self.jobs.labels(state=state.name).set(counts.get(state, 0))
+
+    def track(
+        self,
+        *,
+        queued: Callable[[], int],
+        running: Callable[[], int],
+        open_watches: Callable[[], int],
+    ) -> None:
+        """Gauges read at scrape time (on the endpoint's thread: reads only)."""
+        self.queue_depth.set_function(queued)
+        self.running_jobs.set_function(running)
+        self.open_watch_streams.set_function(open_watches)
+
+    def on_change(self, old: CloneJob | None, new: CloneJob) -> None:
+        """The engine's observer: called after each committed change, in order."""
+        if old is None:
+            self.jobs.labels(state=new.state.name).inc()
+        elif old.state is not new.state:
+            self.jobs.labels(state=old.state.name).dec()
+            self.jobs.labels(state=new.state.name).inc()
+        for i, step in enumerate(new.steps):
+            if step.end_time is None:
+                continue
+            if old is not None and i < len(old.steps) and old.steps[i].end_time is not None:
+                continue  # ended before this change
+            seconds = (step.end_time - step.start_time).total_seconds()
+            self.step_duration.labels(step=step.kind.value).observe(max(seconds, 0.0))
+        self._count_bytes(old, new)
+
+    def _count_bytes(self, old: CloneJob | None, new: CloneJob) -> None:
+        # Progress commits are coalesced: count their increases as they come and,
+        # when the copy ends well, the rest up to its total.
+        running = new.running_step
+        if running is not None and running.kind is StepKind.PREPARING_VM_DISKS:
+            if new.progress is not None:
+                self._add_bytes(new.name, new.progress.bytes_done)
+            return
+        before = None if old is None else old.running_step
+        if (
+            old is not None
+            and before is not None
+            and before.kind is StepKind.PREPARING_VM_DISKS
+            and not new.state.terminal
+            and old.progress is not None
+        ):
+            self._add_bytes(new.name, old.progress.bytes_total)
+        self._copied.pop(new.name, None)
+
+    def _add_bytes(self, name: str, done: int) -> None:
+        counted = self._copied.get(name, 0)
+        if done < counted:  # the step started over (after a restart): a new copy
+            counted = 0
+        if done > counted:
+            self.bytes_copied.inc(done - counted)
+        self._copied[name] = done
+
+    # -- the endpoint --
+
+    async def serve(self, listen: str) -> int:
+        """Serve /metrics on `listen` (HOST:PORT; port 0 picks one); the bound port."""
+        host, port = parse_listen(listen)
+        # Binding resolves the host name: off the event loop.
+        httpd, self._thread = await asyncio.to_thread(start_http_server, port, host, self.registry)
+        self._httpd = httpd
+        self.port = int(httpd.server_port)
+        self.url = f"http://{listen.rpartition(':')[0]}:{self.port}/metrics"
+        return self.port
+
+    async def close(self) -> None:
+        """Stop the endpoint (if it runs) and wait for its thread."""
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        if httpd is None:
+            return
+
+        def shut() -> None:
+            httpd.shutdown()  # waits for serve_forever to return
+            httpd.server_close()
+            if thread is not None:
+                thread.join()
+
+        await asyncio.to_thread(shut)
