@@ -391,13 +391,24 @@ def test_check_vm_target_long_value_is_cut_short_in_message() -> None:
 
 
 def test_disks_target_uses_parent_project_and_location() -> None:
-    spec = disks_target({"labels": {"a": "b"}}, parent())
+    out: list[Violation] = []
+    spec = disks_target({"labels": {"a": "b"}}, parent(), out)
+    assert out == []
     assert spec == TargetSpec(
         kind=TargetKind.DISKS,
         project="my-project",
         zone="us-central1",
         details={"labels": {"a": "b"}},
     )
+
+
+@pytest.mark.parametrize("segments", [("a..b", "us-central1"), ("my-project", "US-Central1")])
+def test_disks_target_refuses_a_parent_that_is_not_rfc1035(segments: tuple[str, str]) -> None:
+    project, location = segments
+    vm = MigratingVmName(project=project, location=location, source="s", migrating_vm="vm")
+    out: list[Violation] = []
+    assert disks_target({}, vm, out) is None
+    assert [v.field for v in out] == ["clone_job.compute_engine_disks_target_details"]
 
 
 # -- check_request_id --
