@@ -47,7 +47,8 @@ class Subscription:
                 raise WatchClosedError("the server is shutting down")
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), idle)
+                async with asyncio.timeout(idle):  # no extra task per idle watcher
+                    await self._wake.wait()
             except TimeoutError:
                 return None
         if self._closed:

@@ -15,6 +15,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,8 @@ from server.targets.base import Target
 
 log = logging.getLogger("clonejob.engine")
 
+# Committed jobs kept in memory for reads (each a few KiB).
+CACHED_JOBS = 10_000
 # Progress commits per job are at most this often; state changes are never held back.
 PROGRESS_INTERVAL = 0.1
 CLEANUP_ATTEMPTS = 3
@@ -100,6 +103,7 @@ class Engine:
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._current: OrderedDict[str, CloneJob] = OrderedDict()
         self._runs: dict[str, _Run] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
@@ -197,10 +201,26 @@ class Engine:
         return existing
 
     async def get(self, name: str) -> CloneJob:
+        """The job as last committed. This process is the store's only writer (the
+        store holds a lock file), so its cache of committed jobs is never stale."""
+        job = self._current.get(name)
+        if job is not None:
+            self._current.move_to_end(name)
+            return job
         job = await self.store.get(name)
         if job is None:
             raise JobNotFoundError(name)
+        self._remember(job)
         return job
+
+    def _remember(self, job: CloneJob) -> None:
+        current = self._current.get(job.name)
+        if current is not None and current.revision > job.revision:
+            return  # a read that raced a commit: keep the newer
+        self._current[job.name] = job
+        self._current.move_to_end(job.name)
+        if len(self._current) > CACHED_JOBS:
+            self._current.popitem(last=False)
 
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
         return await self.store.list(query)
@@ -291,6 +311,7 @@ class Engine:
                 del self._locks[name]
 
     def _committed(self, old: CloneJob | None, new: CloneJob) -> None:
+        self._remember(new)
         if old is None or old.state is not new.state:
             before = "none" if old is None else old.state.name
             log.info(

@@ -101,6 +101,8 @@ class RpcObserver(_Interceptor):
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
+        # Wrapped handlers, made once per method rather than on every call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -110,7 +112,16 @@ class RpcObserver(_Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler  # unknown method: grpc answers UNIMPLEMENTED itself
-        service, _, method = str(handler_call_details.method).lstrip("/").rpartition("/")
+        path = str(handler_call_details.method)
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(path, handler)
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, path: str, handler: Handler) -> Handler:
+        service, _, method = path.lstrip("/").rpartition("/")
         for kind, make in _KINDS:
             behaviour: Any = getattr(handler, kind)
             if behaviour is None:

@@ -205,7 +205,7 @@ def assert_same(ours: Message, theirs: Message, path: str = "") -> None:
             assert dict(mine) == dict(theirs_value), where
         elif field.is_repeated:
             assert len(mine) == len(theirs_value), where
-            for i, (a, b) in enumerate(zip(mine, theirs_value)):
+            for i, (a, b) in enumerate(zip(mine, theirs_value, strict=True)):
                 if field.message_type is not None:
                     assert_same(a, b, f"{where}[{i}]")
                 else:
