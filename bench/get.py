@@ -1,0 +1,102 @@
+"""GetCloneJob calls/s and latency, 64 in flight over one channel, against the bare server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import fixtures, loadgen
+from bench.figures import Figure, Run
+from bench.processes import ServerProcess, sample_vm
+from bench.profiles import profiled
+from clonejob_grpc import clone_job_service_pb2
+
+IN_FLIGHT = 64
+
+
+def _spec(run: Run, server: ServerProcess, request: bytes) -> dict[str, Any]:
+    return {
+        "mode": "unary",
+        "target": server.target,
+        "server_pid": server.pid,
+        "method": "GetCloneJob",
+        "request": request.hex(),
+        "concurrency": IN_FLIGHT,
+        "warmup": run.scale(1.0, 0.3),
+        "duration": run.scale(4.0, 1.0),
+    }
+
+
+def run(run: Run) -> list[Figure]:
+    work = run.tmpdir("get")
+    data = work / "data"
+    sample_vm(data, fixtures.PARENT)
+    name = fixtures.job_name("get-1")
+    request = clone_job_service_pb2.GetCloneJobRequest(name=name).SerializeToString()
+    rounds = run.scale(2, 1)
+    real_results: list[dict[str, Any]] = []
+    bare_results: list[dict[str, Any]] = []
+    with ServerProcess.real(data, workdir=work, cpus=run.server_cpus) as real:
+        fixtures.create(real.target, "get-1")
+        job = fixtures.wait_state(real.target, name, {fixtures.State.SUCCEEDED})
+        job = fixtures.get(real.target, name)
+        message = work / "job.bin"
+        message.write_bytes(job)
+        with ServerProcess.bare(message, workdir=work, cpus=run.server_cpus) as bare:
+            # Alternate, so that noise on the shared machine hits both alike.
+            for n in range(rounds):
+                for server, results in ((bare, bare_results), (real, real_results)):
+                    spec = _spec(run, server, request)
+                    side = "real" if server is real else "bare"
+                    seconds = spec["warmup"] + spec["duration"]
+                    with profiled(run, f"get-{side}-{n}", server.pid, seconds):
+                        results.append(
+                            loadgen.run(
+                                spec, cpus=run.load_cpus, log=work / "loadgen.log", timeout=60
+                            )
+                        )
+    real_best = max(real_results, key=lambda r: r["calls_per_s"])
+    bare_best = max(bare_results, key=lambda r: r["calls_per_s"])
+    run.details["get"] = {
+        "job_bytes": len(job),
+        "real": real_results,
+        "bare": bare_results,
+        "rounds": rounds,
+    }
+    note = f"{IN_FLIGHT} in flight, 1 channel, {len(job)} B reply; best of {rounds}"
+    return [
+        Figure(
+            benchmark="get",
+            name="GetCloneJob calls/s",
+            measured=real_best["calls_per_s"],
+            baseline=bare_best["calls_per_s"],
+            unit="calls/s",
+            goal=0.8,
+            note=note,
+        ),
+        Figure(
+            benchmark="get",
+            name="GetCloneJob p50 latency",
+            measured=real_best["p50_ms"],
+            baseline=bare_best["p50_ms"],
+            unit="ms",
+            higher_is_better=False,
+            note="same rounds as calls/s",
+        ),
+        Figure(
+            benchmark="get",
+            name="GetCloneJob p99 latency",
+            measured=real_best["p99_ms"],
+            baseline=bare_best["p99_ms"],
+            unit="ms",
+            higher_is_better=False,
+        ),
+        Figure(
+            benchmark="get",
+            name="server CPU per Get",
+            measured=real_best["server_cpu_us_per_call"],
+            baseline=bare_best["server_cpu_us_per_call"],
+            unit="us",
+            higher_is_better=False,
+            note="server process CPU time / calls, in the measured window",
+        ),
+    ]
