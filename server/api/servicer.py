@@ -79,12 +79,12 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
 
     async def CreateCloneJob(
         self, request: spb.CreateCloneJobRequest, context: Context
-    ) -> pb.CloneJob:
+    ) -> bytes:
         try:
             job = await self._create(request)
         except Exception as error:
             await self._abort(context, error)
-        return mapping.job_to_proto(job)
+        return mapping.job_bytes(job)  # serialized once per revision
 
     async def _create(self, request: spb.CreateCloneJobRequest) -> CloneJob:
         out: list[Violation] = []
@@ -152,21 +152,21 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             raise invalid_argument(out)
         return name
 
-    async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> pb.CloneJob:
+    async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> bytes:
         try:
             job = await self._engine.get(str(self._job_name(request.name)))
         except Exception as error:
             await self._abort(context, error)
-        return mapping.job_to_proto(job)
+        return mapping.job_bytes(job)  # serialized once per revision
 
     async def CancelCloneJob(
         self, request: spb.CancelCloneJobRequest, context: Context
-    ) -> pb.CloneJob:
+    ) -> bytes:
         try:
             job = await self._engine.cancel(str(self._job_name(request.name)))
         except Exception as error:
             await self._abort(context, error)
-        return mapping.job_to_proto(job)
+        return mapping.job_bytes(job)  # serialized once per revision
 
     # -- List --
 

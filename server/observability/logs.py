@@ -9,8 +9,11 @@ interceptor never passes either.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -55,4 +58,18 @@ def configure_logging(
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Formatting and writing happen on a thread of their own: a slow or blocked
+    # stderr never stalls the event loop, which only queues each record.
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    listener.start()
+    atexit.register(listener.stop)  # drains what is queued before the process exits
+    logging.basicConfig(level=level.upper(), handlers=[_Enqueue(records)], force=True)
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Queues records as they are: QueueHandler.prepare would format them here,
+    on the caller's thread, which is the work this handler moves away."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
