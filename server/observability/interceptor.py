@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import Message
 
+from server.observability.logs import log_rpc
 from server.observability.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -195,14 +196,10 @@ class RpcObserver(_Interceptor):
                 self._metrics.observe_rpc(call.method, code.name, seconds)
             job = _resource(request)
             duration_ms = round(seconds * 1000, 3)
-            log.info(
+            log_rpc(
                 "%s %s %s %.1f ms %s",
-                call.method,
-                code.name,
-                job or "-",
-                duration_ms,
-                call.peer,
-                extra={
+                (call.method, code.name, job or "-", duration_ms, call.peer),
+                {
                     "service": call.service,
                     "method": call.method,
                     "job": job,

@@ -15,6 +15,8 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -60,6 +62,10 @@ def configure_logging(
     )
     # Formatting and writing happen on a thread of their own: a slow or blocked
     # stderr never stalls the event loop, which only queues each record.
+    global _rpc_sink
+    if _rpc_sink is not None:
+        _rpc_sink.stop()
+    _rpc_sink = _RpcLineSink(handler)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
     listener.start()
@@ -73,3 +79,87 @@ class _Enqueue(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+
+class _RpcLineSink:
+    """The per-RPC lines, the busiest log there is: the event loop only queues a
+    tuple; a thread of its own makes the records, formats them with the same
+    handler as every other line, and writes them in batches (one write and one
+    flush per batch, under the handler's lock, so lines never interleave)."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+        self._queue: queue.SimpleQueue[tuple[float, str, tuple[Any, ...], dict[str, Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="rpc-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def put(self, msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+        self._queue.put((time.time(), msg, args, fields))
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 1024:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines: list[str] = []
+            for item in batch:
+                if item is None:
+                    self._write(lines)
+                    return
+                created, msg, args, fields = item
+                record = logging.makeLogRecord(
+                    {
+                        "name": RPC_LOGGER,
+                        "levelno": logging.INFO,
+                        "levelname": "INFO",
+                        "msg": msg,
+                        "args": args,
+                        "created": created,
+                        "msecs": (created - int(created)) * 1000,
+                        **fields,
+                    }
+                )
+                try:
+                    lines.append(self._handler.format(record))
+                except Exception:  # a line that cannot be formatted is dropped, not fatal
+                    continue
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        self._handler.acquire()
+        try:
+            stream = self._handler.stream
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr gone (closed pipe): nothing to tell anyone
+        finally:
+            self._handler.release()
+
+
+RPC_LOGGER = "clonejob.rpc"
+_rpc_sink: _RpcLineSink | None = None
+_rpc_log = logging.getLogger(RPC_LOGGER)
+
+
+def log_rpc(msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """One line per RPC: through the fast sink once configure_logging has run,
+    else (a server embedded in tests) through the logging module as usual."""
+    if not _rpc_log.isEnabledFor(logging.INFO):
+        return
+    if _rpc_sink is not None:
+        _rpc_sink.put(msg, args, fields)
+    else:
+        _rpc_log.info(msg, *args, extra=fields)
