@@ -6,6 +6,11 @@ policy in one place for both flavours.
 
 Only UNAVAILABLE is retried, and only for calls that are safe to repeat (AIP-194):
 Get, List, Cancel, and Create because the client always sends a request_id.
+One exception: a CANCELLED that the *server* sent with no status details. gRPC's
+core cancels calls that reach a server as it shuts down, before any handler runs
+(grpc/grpc#41785), where UNAVAILABLE was meant; a call this client cancels itself
+never gets here (grpc.aio raises asyncio.CancelledError for that), so a safe call
+treats such a CANCELLED as UNAVAILABLE.
 A watch resumes from the last revision it yielded after UNAVAILABLE (server
 shutdown, dropped connection) or RESOURCE_EXHAUSTED/WATCHER_TOO_SLOW, and
 starts afresh from revision 0 after OUT_OF_RANGE/REVISION_COMPACTED.
@@ -97,7 +102,7 @@ class UnaryRetry:
         mapped = from_grpc_error(error)
         if (
             not self._idempotent
-            or mapped.code != grpc.StatusCode.UNAVAILABLE
+            or not _retryable(mapped)
             or self._attempt >= self._policy.attempts
         ):
             raise mapped from error
@@ -173,8 +178,16 @@ class WatchResume:
         return delay
 
 
-def _resumable(error: CloneJobError) -> bool:
+def _retryable(error: CloneJobError) -> bool:
+    """UNAVAILABLE, or the CANCELLED a shutting-down server's core sends (see above):
+    the server's own errors always carry an ErrorInfo, and that one carries none."""
     if error.code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return error.code == grpc.StatusCode.CANCELLED and not error.reason
+
+
+def _resumable(error: CloneJobError) -> bool:
+    if _retryable(error):
         return True
     if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return error.reason == WATCHER_TOO_SLOW

@@ -135,6 +135,7 @@ class FakeService(CloneJobServiceServicer):
     """A scripted servicer that records what the client sent."""
 
     get_failures: int = 0
+    get_failure_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     get_calls: int = 0
     create_requests: list[CreateCloneJobRequest] = field(default_factory=list)
     list_requests: list[ListCloneJobsRequest] = field(default_factory=list)
@@ -172,7 +173,7 @@ class FakeService(CloneJobServiceServicer):
             )
         if self.get_failures:
             self.get_failures -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+            await context.abort(self.get_failure_code, "try again")
         return _job(CloneJob.SUCCEEDED)
 
     async def ListCloneJobs(
@@ -327,6 +328,18 @@ async def test_get_retries_unavailable_then_succeeds(client: CloneJobClient, fak
     job = await client.get(NAME)
     assert job.state == CloneJob.SUCCEEDED
     assert fake.service.get_calls == 3
+
+
+async def test_get_retries_a_bare_cancelled_from_a_stopping_server(
+    client: CloneJobClient, fake: Fake
+) -> None:
+    # gRPC's core answers CANCELLED, with no details, to calls reaching a server
+    # as it shuts down (grpc/grpc#41785): for a safe call that means "retry".
+    fake.service.get_failure_code = grpc.StatusCode.CANCELLED
+    fake.service.get_failures = 1
+    job = await client.get(NAME)
+    assert job.state == CloneJob.SUCCEEDED
+    assert fake.service.get_calls == 2
 
 
 async def test_get_gives_up_after_the_policy_attempts(client: CloneJobClient, fake: Fake) -> None:
