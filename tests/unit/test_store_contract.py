@@ -487,6 +487,36 @@ class TestSqliteJobStore:
         conn.close()
         assert version == len(migrations()) + 1
 
+    async def test_sqlite_store_upgrades_a_version_1_database_keeping_its_jobs(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "db.sqlite"
+        job = make_job("kept")
+        with sqlite3.connect(path) as conn:  # a database made by the first release
+            for statement in migrations()[0].split(";"):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO clone_jobs (name, parent, request_id, state, create_time_us,"
+                " revision, record) VALUES (?, ?, NULL, ?, ?, ?, ?)",
+                (job.name, PARENT_A, int(job.state), 0, job.revision, records.dump(job)),
+            )
+            conn.execute("PRAGMA user_version = 1")
+        conn.close()
+        store = SqliteJobStore(path)
+        await store.open()
+        try:
+            assert await store.get(job.name) == job
+        finally:
+            await store.close()
+        conn = sqlite3.connect(path)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            indexes = {row[1] for row in conn.execute("PRAGMA index_list(clone_jobs)")}
+        finally:
+            conn.close()
+        assert version == len(migrations()) >= 2
+        assert "clone_jobs_parent_state_create_time" in indexes
+
     async def test_sqlite_store_migrations_set_user_version(self, tmp_path: Path) -> None:
         path = tmp_path / "sub" / "db.sqlite"
         store = SqliteJobStore(path)
