@@ -112,6 +112,16 @@ def _enum(value: Any, field: str, out: list[Violation]) -> None:
         out.append(Violation(field, f"{value} is not a known value of this enum"))
 
 
+def _fits(
+    items: Any, field: str, out: list[Violation], limit: int = MAX_LIST_ITEMS, noun: str = "items"
+) -> bool:
+    """True when `items` has at most `limit` entries; otherwise reports the field."""
+    if len(items) <= limit:
+        return True
+    out.append(Violation(field, f"has {len(items)} {noun}; at most {limit} are allowed"))
+    return False
+
+
 def _strings(
     values: Any,
     field: str,
@@ -120,8 +130,7 @@ def _strings(
     out: list[Violation],
     limit: int = MAX_LIST_ITEMS,
 ) -> None:
-    if len(values) > limit:
-        out.append(Violation(field, f"has {len(values)} items; at most {limit} are allowed"))
+    if not _fits(values, field, out, limit):
         return
     for i, item in enumerate(values):
         if not pattern.fullmatch(item):
@@ -180,14 +189,7 @@ def check_vm_target(
     _check_labels(details.get("labels", {}), f"{base}.labels", out)
     _check_metadata(details.get("metadata", {}), f"{base}.metadata", out)
     interfaces = details.get("network_interfaces", [])
-    if len(interfaces) > MAX_NETWORK_INTERFACES:
-        out.append(
-            Violation(
-                f"{base}.network_interfaces",
-                f"has {len(interfaces)} items; at most {MAX_NETWORK_INTERFACES} are allowed",
-            )
-        )
-    else:
+    if _fits(interfaces, f"{base}.network_interfaces", out, MAX_NETWORK_INTERFACES):
         for i, nic in enumerate(interfaces):
             _check_nic(nic, f"{base}.network_interfaces[{i}]", out)
     for name in ("disk_type", "license_type", "boot_conversion"):
@@ -235,14 +237,7 @@ def _check_bounded_fields(details: Mapping[str, Any], base: str, out: list[Viola
         if value and not RESOURCE_REF.fullmatch(value):
             out.append(Violation(f"{base}.{name}", f"{_shown(value)} is not a resource name"))
     modifiers = details.get("adaptation_modifiers", [])
-    if len(modifiers) > MAX_LIST_ITEMS:
-        out.append(
-            Violation(
-                f"{base}.adaptation_modifiers",
-                f"has {len(modifiers)} items; at most {MAX_LIST_ITEMS} are allowed",
-            )
-        )
-    else:
+    if _fits(modifiers, f"{base}.adaptation_modifiers", out):
         for i, modifier in enumerate(modifiers):
             for key in ("modifier", "value"):
                 _text(modifier.get(key), f"{base}.adaptation_modifiers[{i}].{key}", out)
@@ -251,22 +246,12 @@ def _check_bounded_fields(details: Mapping[str, Any], base: str, out: list[Viola
         out.append(Violation(f"{base}.compute_scheduling.min_node_cpus", "must not be negative"))
     affinities = scheduling.get("node_affinities", [])
     field = f"{base}.compute_scheduling.node_affinities"
-    if len(affinities) > MAX_LIST_ITEMS:
-        out.append(
-            Violation(field, f"has {len(affinities)} items; at most {MAX_LIST_ITEMS} are allowed")
-        )
+    if not _fits(affinities, field, out):
         return
     for i, affinity in enumerate(affinities):
         _text(affinity.get("key"), f"{field}[{i}].key", out)
         values = affinity.get("values", [])
-        if len(values) > MAX_LIST_ITEMS:
-            out.append(
-                Violation(
-                    f"{field}[{i}].values",
-                    f"has {len(values)} items; at most {MAX_LIST_ITEMS} are allowed",
-                )
-            )
-        else:
+        if _fits(values, f"{field}[{i}].values", out):
             for j, value in enumerate(values):
                 _text(value, f"{field}[{i}].values[{j}]", out)
 
@@ -294,8 +279,7 @@ def _check_nic(nic: Mapping[str, Any], field: str, out: list[Violation]) -> None
 
 
 def _check_labels(labels: Mapping[str, str], field: str, out: list[Violation]) -> None:
-    if len(labels) > MAX_LABELS:
-        out.append(Violation(field, f"has {len(labels)} labels; at most {MAX_LABELS} are allowed"))
+    if not _fits(labels, field, out, MAX_LABELS, "labels"):
         return
     for key, value in labels.items():
         if not LABEL_KEY.fullmatch(key):
@@ -317,13 +301,7 @@ def _check_labels(labels: Mapping[str, str], field: str, out: list[Violation]) -
 
 
 def _check_metadata(metadata: Mapping[str, str], field: str, out: list[Violation]) -> None:
-    if len(metadata) > MAX_METADATA_ENTRIES:
-        out.append(
-            Violation(
-                field,
-                f"has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed",
-            )
-        )
+    if not _fits(metadata, field, out, MAX_METADATA_ENTRIES, "entries"):
         return
     size = 0
     for key, value in metadata.items():
