@@ -83,7 +83,12 @@ class Server:
             plan_file = self.run_dir / f"faults-{len(self.logs)}.json"
             plan_file.write_text(json.dumps({"faults": list(plan)}))
             args += ["--fault-plan", str(plan_file)]
-        for key in ("heartbeat_interval", "max_concurrent_jobs", "shutdown_grace"):
+        for key in (
+            "heartbeat_interval",
+            "max_concurrent_jobs",
+            "shutdown_grace",
+            "revision_retention",
+        ):
             if self.options.get(key) is not None:
                 args += ["--" + key.replace("_", "-"), str(self.options[key])]
         return args
