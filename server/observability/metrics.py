@@ -38,6 +38,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Method names come from registered handlers only (unknown methods never get
+        # here), so these stay as small as the service.
+        self._rpc_counters: dict[tuple[str, str], Counter] = {}
+        self._rpc_histograms: dict[str, Histogram] = {}
         self.rpcs = Counter(
             "clonejob_rpcs", "RPCs ended, by method and status code", ["method", "code"], registry=r
         )
@@ -83,8 +87,17 @@ class Metrics:
     # -- feeds --
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        self.rpcs.labels(method=method, code=code).inc()
-        self.rpc_duration.labels(method=method).observe(seconds)
+        # The labelled children are looked up once per (method, code), not per call.
+        counter = self._rpc_counters.get((method, code))
+        if counter is None:
+            counter = self._rpc_counters[(method, code)] = self.rpcs.labels(
+                method=method, code=code
+            )
+        histogram = self._rpc_histograms.get(method)
+        if histogram is None:
+            histogram = self._rpc_histograms[method] = self.rpc_duration.labels(method=method)
+        counter.inc()
+        histogram.observe(seconds)
 
     def count_jobs(self, counts: Mapping[State, int]) -> None:
         """Start the job gauges from the store, before any change is observed."""
