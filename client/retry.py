@@ -67,7 +67,10 @@ class RetryPolicy:
     """
 
     backoff: Backoff = field(default_factory=Backoff)
-    attempts: int = 4
+    # 7 attempts wait about 3 to 6 s in all: longer than gRPC's own ~1 s wait before
+    # reconnecting after a refused connection, so a call made during a short server
+    # restart succeeds instead of failing on the still-refused channel.
+    attempts: int = 7
     max_reconnect_time: float = 300.0
 
     def unary(self, *, idempotent: bool) -> UnaryRetry:
