@@ -124,6 +124,10 @@ class SqliteJobStore:
             raise StoreError(f"{self.path}: {self._explain(error)}") from error
 
     async def close(self) -> None:
+        # Changes already handed to the store are committed before it closes.
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
         def close_writer() -> None:
             if self._wconn is not None:
                 self._wconn.close()
