@@ -6,6 +6,7 @@ one fresh database for each test.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import sqlite3
@@ -467,6 +468,33 @@ class TestSqliteJobStore:
         finally:
             await store.close()
         return caught.value
+
+    async def test_sqlite_store_group_commit_fails_only_the_bad_change(
+        self, tmp_path: Path
+    ) -> None:
+        store = SqliteJobStore(tmp_path / "db.sqlite")
+        await store.open()
+        try:
+            jobs = [make_job(f"job-{i}") for i in range(40)]
+            twin = make_job("job-7")  # the same name as one of them, in the same burst
+            outcomes = await asyncio.gather(
+                *(store.create(j) for j in [*jobs[:20], twin, *jobs[20:]]),
+                return_exceptions=True,
+            )
+            failures = [o for o in outcomes if o is not None]
+            assert len(failures) == 1 and isinstance(failures[0], DuplicateJobError)
+            assert failures[0].existing.name == twin.name
+            for job in jobs:
+                assert await store.get(job.name) == job
+            stale = dataclasses.replace(jobs[0], revision=jobs[0].revision + 1)
+            results = await asyncio.gather(
+                store.update(stale, expected_revision=jobs[0].revision),
+                store.update(stale, expected_revision=jobs[0].revision),  # now stale
+                return_exceptions=True,
+            )
+            assert results[0] is None and isinstance(results[1], ConflictError)
+        finally:
+            await store.close()
 
     async def test_sqlite_store_corrupt_file_raises_store_error(self, tmp_path: Path) -> None:
         path = tmp_path / "db.sqlite"
