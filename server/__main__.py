@@ -13,6 +13,7 @@ from server.domain.names import InvalidNameError, MigratingVmName
 from server.observability.logs import configure_logging
 from server.security import SecurityConfigError, digest
 from server.store import StoreError
+from server.targets.faults import FaultPlanError
 
 SUBCOMMANDS = ("serve", "sample-vm")
 
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"clonejob-server: cannot open the job store: {error}", file=sys.stderr)
         return 2
-    except SecurityConfigError as error:
+    except (SecurityConfigError, FaultPlanError) as error:
         print(f"clonejob-server: {error}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as error:

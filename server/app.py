@@ -52,19 +52,31 @@ SERVER_OPTIONS = [
 ]
 
 
+PAGE_TOKEN_KEY_BYTES = 32
+
+
 def page_token_key(data_dir: Path) -> bytes:
     """The key that signs page tokens, made once and kept with the data."""
     path = data_dir / "page-token.key"
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under another name, then renamed: a crash never leaves a
+        # short key behind.
+        key = secrets.token_bytes(PAGE_TOKEN_KEY_BYTES)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(key)
             f.flush()
             os.fsync(f.fileno())
-        return key
+        os.replace(tmp, path)
+    if len(key) != PAGE_TOKEN_KEY_BYTES:
+        raise SecurityConfigError(
+            f"{path} holds {len(key)} bytes, not a {PAGE_TOKEN_KEY_BYTES}-byte key: delete it"
+            " (page tokens issued before become invalid) and start again"
+        )
+    return key
 
 
 class App:

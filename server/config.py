@@ -13,6 +13,8 @@ from typing import Any
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     """$CLONEJOB_DATA_DIR, else $XDG_DATA_HOME/clonejob, else ~/.local/share/clonejob."""
+    if env.get("CLONEJOB_DATA_DIR"):
+        return Path(env["CLONEJOB_DATA_DIR"])
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "clonejob"
 
@@ -67,6 +69,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not DEBUG, INFO, WARNING or ERROR")
     return value
 
 
@@ -130,7 +139,12 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
         Path,
         "write the bound port here once serving (useful with port 0)",
     ),
-    ("--log-level", "CLONEJOB_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    (
+        "--log-level",
+        "CLONEJOB_LOG_LEVEL",
+        _log_level,
+        "DEBUG, INFO, WARNING or ERROR (default INFO)",
+    ),
     (
         "--log-format",
         "CLONEJOB_LOG_FORMAT",

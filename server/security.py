@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,13 +192,3 @@ def check_exposure(listen: str, *, tls: bool, tokens: bool, insecure: bool) -> N
         " create and cancel jobs. Listen on 127.0.0.1, configure both, or pass --insecure"
         " to accept the risk."
     )
-
-
-def metadata_pairs(
-    metadata: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
-) -> list[tuple[str, Any]]:
-    if metadata is None:
-        return []
-    if isinstance(metadata, Mapping):
-        return list(metadata.items())
-    return [(k, v) for k, v in metadata]

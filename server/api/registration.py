@@ -12,8 +12,9 @@ they are.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -91,13 +92,18 @@ def _guard_unary(
 
 
 def _guard_stream(
-    name: str, method: Callable[[Any, Context], AsyncIterator[Any]], authorizer: Authorizer | None
+    name: str,
+    method: Callable[[Any, Context], AsyncGenerator[Any, None]],
+    authorizer: Authorizer | None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     @functools.wraps(method)
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         await _admit(name, request, context, authorizer)
-        async for response in method(request, context):
-            yield response
+        # Closed as soon as the call ends (not when collected): the watch's own
+        # `finally` releases its subscription at once.
+        async with contextlib.aclosing(method(request, context)) as responses:
+            async for response in responses:
+                yield response
 
     return handler
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,7 +23,7 @@ from server.domain.listing import (
     parse_filter,
     parse_order_by,
 )
-from server.domain.names import RFC1035, CloneJobName
+from server.domain.names import RFC1035, CloneJobName, MigratingVmName
 from server.domain.validation import (
     RFC1035_RULE,
     Violation,
@@ -77,9 +78,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
 
     # -- Create --
 
-    async def CreateCloneJob(
-        self, request: spb.CreateCloneJobRequest, context: Context
-    ) -> bytes:
+    async def CreateCloneJob(self, request: spb.CreateCloneJobRequest, context: Context) -> bytes:
         try:
             job = await self._create(request)
         except Exception as error:
@@ -159,9 +158,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             await self._abort(context, error)
         return mapping.job_bytes(job)  # serialized once per revision
 
-    async def CancelCloneJob(
-        self, request: spb.CancelCloneJobRequest, context: Context
-    ) -> bytes:
+    async def CancelCloneJob(self, request: spb.CancelCloneJobRequest, context: Context) -> bytes:
         try:
             job = await self._engine.cancel(str(self._job_name(request.name)))
         except Exception as error:
@@ -202,7 +199,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                     filter_text=request.filter,
                     order_by=request.order_by,
                 )
-            except (InvalidPageTokenError, ValueError, TypeError) as error:
+            except (ValueError, TypeError) as error:  # InvalidPageTokenError is a ValueError
                 reason = str(error) if isinstance(error, InvalidPageTokenError) else ""
                 out.append(
                     Violation("page_token", reason or "is not a page token this server issued")
@@ -220,7 +217,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                 )
             )
         )
-        if not jobs and cursor is None and not await self._engine.migrating_vm_exists(parent):
+        if not jobs and cursor is None and not await self._parent_known(str(parent), parent):
             raise ApiError(
                 grpc.StatusCode.NOT_FOUND,
                 "MIGRATING_VM_NOT_FOUND",
@@ -246,6 +243,13 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             )
         return response
 
+    async def _parent_known(self, parent_text: str, parent: MigratingVmName) -> bool:
+        """A parent with jobs is known even if its snapshots are gone; one with none is
+        known while its migrating VM exists."""
+        if await self._engine.list(ListQuery(parent=parent_text, limit=1)):
+            return True
+        return await self._engine.migrating_vm_exists(parent)
+
     # -- Watch --
 
     async def WatchCloneJob(
@@ -269,15 +273,17 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                 )
             self.open_watches += 1
             counted = True
-            async for item in self._engine.watch(
+            changes = self._engine.watch(
                 str(name),
                 after_revision=request.after_revision,
                 heartbeat_interval=self._heartbeat,
-            ):
-                if isinstance(item, Heartbeat):
-                    yield spb.WatchCloneJobResponse(revision=item.revision, heartbeat=True)
-                else:
-                    yield mapping.watch_bytes(item)  # type: ignore[misc]
+            )
+            async with contextlib.aclosing(changes):  # unsubscribes the moment we stop
+                async for item in changes:
+                    if isinstance(item, Heartbeat):
+                        yield spb.WatchCloneJobResponse(revision=item.revision, heartbeat=True)
+                    else:
+                        yield mapping.watch_bytes(item)  # type: ignore[misc]
         except Exception as error:
             await self._abort(context, error)
         finally:

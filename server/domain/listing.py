@@ -21,7 +21,6 @@ class Field(enum.Enum):
 
 
 ORDERABLE = (Field.CREATE_TIME, Field.NAME)
-OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +101,7 @@ def parse_timestamp(text: str) -> datetime:
     match = _RFC3339.fullmatch(text)
     if not match:
         raise InvalidQueryError(
-            f"{text!r} is not an RFC 3339 timestamp such as \"2026-11-01T00:00:00Z\""
+            f'{text!r} is not an RFC 3339 timestamp such as "2026-11-01T00:00:00Z"'
         )
     if not match["offset"]:
         raise InvalidQueryError(f"{text!r} has no time zone offset (RFC 3339 needs one)")

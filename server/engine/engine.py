@@ -16,10 +16,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from server.domain.errors import (
     JobExistsError,
@@ -49,6 +49,7 @@ from server.store.base import DuplicateJobError, JobStore
 from server.targets.base import Target
 
 log = logging.getLogger("clonejob.engine")
+T = TypeVar("T")
 
 # Committed jobs kept in memory for reads (each a few KiB).
 CACHED_JOBS = 10_000
@@ -107,6 +108,7 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._unsplittable: set[asyncio.Future[Any]] = set()
         self._observers = tuple(observers)
         self._queued = 0  # jobs waiting for a slot
         self._in_slots = 0  # jobs holding a slot
@@ -131,10 +133,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    @property
-    def running_jobs(self) -> int:
-        return len(self._tasks)
+        # Changes being committed finish (and are published) before the store closes.
+        await asyncio.gather(*self._unsplittable, return_exceptions=True)
 
     @property
     def queued_jobs(self) -> int:
@@ -174,16 +174,28 @@ class Engine:
             request_hash=request_hash,
         )
         try:
-            await self.store.create(job)
+            await self._unsplit(self._insert(job))
         except DuplicateJobError as dup:  # a concurrent create won the race
             if request_id and dup.existing.request_id == request_id:
                 return self._same_request(request_id, request_hash, dup.existing)
             raise JobExistsError(dup.existing) from None
+        log.info("created %s (cycle %s)", job.name, cycle)
+        return job
+
+    async def _insert(self, job: CloneJob) -> None:
+        await self.store.create(job)
         self.hub.publish(job)
         self._committed(None, job)
         self._submit(job.name)
-        log.info("created %s (cycle %s)", job.name, cycle)
-        return job
+
+    async def _unsplit(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` to its end even if the caller goes away (a client's deadline or
+        disconnect cancels its handler): a change the store committed is always
+        published and acted on, never left half done."""
+        task = asyncio.ensure_future(work)
+        self._unsplittable.add(task)
+        task.add_done_callback(_settle(self._unsplittable))
+        return await asyncio.shield(task)
 
     async def migrating_vm_exists(self, name: MigratingVmName) -> bool:
         try:
@@ -234,17 +246,13 @@ class Engine:
             return job.request_cancel(self._clock())
 
         job = await self._change(name, request)
-        run = self._runs.get(name)
-        if run is not None:
-            run.cancelled.set()
-            run.wake.set()
-        elif job.state is State.CANCELLING and not self._stopping:
-            self._submit(name)
+        if job.state is State.CANCELLING and name not in self._runs and not self._stopping:
+            self._submit(name)  # no task runs it here (yet): one finishes the cancel
         return job
 
     async def watch(
         self, name: str, *, after_revision: int, heartbeat_interval: float
-    ) -> AsyncIterator[CloneJob | Heartbeat]:
+    ) -> AsyncGenerator[CloneJob | Heartbeat, None]:
         """Every committed change after `after_revision`, once and in order.
 
         With `after_revision` 0 the first item is the current job. Ends after
@@ -264,7 +272,12 @@ class Engine:
                 oldest = await self.store.oldest_revision(name)
                 if after_revision < oldest - 1:
                     raise RevisionOutOfRangeError(name, after_revision, oldest, job.revision)
-                for past in await self.store.revisions(name, after=after_revision):
+                history = await self.store.revisions(name, after=after_revision)
+                if not history or history[0].revision != after_revision + 1:
+                    # Compacted between the two reads: resuming would skip changes.
+                    oldest = history[0].revision if history else job.revision + 1
+                    raise RevisionOutOfRangeError(name, after_revision, oldest, job.revision)
+                for past in history:
                     yield past
                     last = past.revision
                     if past.state.terminal:  # it may have ended after `job` was read
@@ -295,6 +308,9 @@ class Engine:
 
     async def _change(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         """Apply `fn` to the stored job, commit, then publish. The one way jobs change."""
+        return await self._unsplit(self._change_locked(name, fn))
+
+    async def _change_locked(self, name: str, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         lock = self._lock(name)
         try:
             async with lock:
@@ -312,6 +328,11 @@ class Engine:
 
     def _committed(self, old: CloneJob | None, new: CloneJob) -> None:
         self._remember(new)
+        if new.state is State.CANCELLING:
+            run = self._runs.get(new.name)
+            if run is not None:  # the running step stops promptly
+                run.cancelled.set()
+                run.wake.set()
         if old is None or old.state is not new.state:
             before = "none" if old is None else old.state.name
             log.info(
@@ -364,6 +385,18 @@ class Engine:
         task.add_done_callback(done)
 
     async def _run(self, name: str, run: _Run) -> None:
+        try:
+            await self._run_job(name, run)
+        except Exception:
+            # A bug or a store failure: end the job FAILED (cleaned up) rather than
+            # leave it running with no task; if even that fails, the next start resumes it.
+            log.exception("job %s stopped unexpectedly", name)
+            try:
+                await self._finish(await self.get(name), _UNEXPECTED)
+            except Exception:
+                log.exception("job %s could not be ended; it resumes at the next start", name)
+
+    async def _run_job(self, name: str, run: _Run) -> None:
         job = await self.get(name)
         if job.state is State.CANCELLING:
             await self._finish(job, None)
@@ -447,6 +480,8 @@ class Engine:
         return await self.target.instantiate(job, run.cancelled)
 
     def _progress(self, name: str, run: _Run, done: int, total: int) -> None:
+        if self._stopping:
+            return  # a copy thread still reporting after stop: nothing more is committed
         percent = 100 if total <= 0 else min(100, done * 100 // total)
         now = time.monotonic()
         if run.progress_task is not None and not run.progress_task.done():
@@ -502,6 +537,17 @@ class Engine:
 
         final = await self._change(job.name, end)
         log.info("job %s ended %s", job.name, final.state.name)
+
+
+def _settle(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback: forget the task, and consume its outcome (its caller may be gone)."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 _UNEXPECTED = JobError(

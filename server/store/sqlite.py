@@ -83,13 +83,18 @@ class SqliteJobStore:
                 raise StoreError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
             self._migrate(conn)
-            conn.execute("PRAGMA quick_check").fetchall()
+            problems = conn.execute("PRAGMA quick_check").fetchall()
+            if problems != [("ok",)]:
+                found = "; ".join(str(row[0]) for row in problems[:3])
+                raise StoreError(
+                    f"{self.path}: the database file is corrupt ({found}); restore it from a backup"
+                )
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path}: {self._explain(error)}") from error
         self._wconn = conn
 
     @staticmethod
-    def _explain(error: sqlite3.DatabaseError) -> str:
+    def _explain(error: sqlite3.Error) -> str:
         text = str(error)
         if "locked" in text or "busy" in text:
             return f"the database is locked by another process ({text})"
@@ -147,7 +152,10 @@ class SqliteJobStore:
         self._writer.shutdown()
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        except sqlite3.Error as error:  # disk full, I/O error, …: the store is unavailable
+            raise StoreError(f"{self.path}: {self._explain(error)}") from error
 
     # -- writes --
     #
@@ -176,7 +184,11 @@ class SqliteJobStore:
             ops = [op for op, _ in batch]
             try:
                 outcomes = await self._run(self._writer, functools.partial(self._commit, ops))
-            except BaseException as error:  # the COMMIT itself failed: nothing was written
+            except asyncio.CancelledError:
+                for _, future in batch:  # the commit may or may not have happened
+                    future.cancel()
+                raise
+            except Exception as error:  # the COMMIT itself failed: nothing was written
                 outcomes = [error] * len(batch)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
@@ -268,13 +280,20 @@ class SqliteJobStore:
             raise StoreError("the store is closed")
         return self._rconn
 
+    # Records are decoded on the reader thread too: a job may be up to 1 MiB of JSON.
+
     async def _one(self, sql: str, args: tuple[Any, ...]) -> CloneJob | None:
-        row = await self._run(self._reader, lambda: self._r().execute(sql, args).fetchone())
-        return None if row is None else records.load(row[0])
+        def read() -> CloneJob | None:
+            row = self._r().execute(sql, args).fetchone()
+            return None if row is None else records.load(row[0])
+
+        return await self._run(self._reader, read)
 
     async def _many(self, sql: str, args: tuple[Any, ...]) -> list[CloneJob]:
-        rows = await self._run(self._reader, lambda: self._r().execute(sql, args).fetchall())
-        return [records.load(r[0]) for r in rows]
+        def read() -> list[CloneJob]:
+            return [records.load(r[0]) for r in self._r().execute(sql, args).fetchall()]
+
+        return await self._run(self._reader, read)
 
     async def get(self, name: str) -> CloneJob | None:
         return await self._one("SELECT record FROM clone_jobs WHERE name = ?", (name,))

@@ -26,6 +26,10 @@ from server.domain.job import CloneJob, ErrorCode, JobError, StepKind
 ACTIONS = ("hold", "fail", "enospc")
 
 
+class FaultPlanError(ValueError):
+    """The fault plan file cannot be used; the message says why."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fault:
     match: str
@@ -40,19 +44,24 @@ class FaultPlan:
 
     @classmethod
     def load(cls, path: Path) -> FaultPlan:
-        raw = json.loads(path.read_text())
-        faults = []
-        for item in raw.get("faults", []):
-            if item["action"] not in ACTIONS:
-                raise ValueError(f"unknown fault action {item['action']!r}; use one of {ACTIONS}")
-            faults.append(
-                Fault(
-                    match=str(item["match"]),
-                    step=StepKind(item["step"]),
-                    action=item["action"],
-                    message=str(item.get("message", "injected failure")),
+        try:
+            raw = json.loads(path.read_text())
+            faults = []
+            for item in raw.get("faults", []):
+                if item["action"] not in ACTIONS:
+                    raise FaultPlanError(
+                        f"unknown fault action {item['action']!r}; use one of {ACTIONS}"
+                    )
+                faults.append(
+                    Fault(
+                        match=str(item["match"]),
+                        step=StepKind(item["step"]),
+                        action=item["action"],
+                        message=str(item.get("message", "injected failure")),
+                    )
                 )
-            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise FaultPlanError(f"--fault-plan {path}: {error}") from None
         return cls(faults=tuple(faults))
 
     def apply(self, job: CloneJob, step: StepKind, cancelled: threading.Event) -> None:

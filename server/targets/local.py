@@ -171,16 +171,11 @@ class LocalTarget:
             try:
                 os.close(os.open(disk.path, os.O_RDONLY))
             except OSError as error:
-                raise StepFailedError(
-                    JobError(
-                        code=ErrorCode.DATA_LOSS,
-                        reason="SOURCE_DISK_UNREADABLE",
-                        message=(
-                            f"source disk {disk.source_disk_number} of replication cycle"
-                            f" {job.source_cycle} cannot be read: {error.strerror}"
-                        ),
-                        metadata={"source_disk_number": str(disk.source_disk_number)},
-                    )
+                raise _disk_lost(
+                    disk,
+                    "SOURCE_DISK_UNREADABLE",
+                    f"source disk {disk.source_disk_number} of replication cycle"
+                    f" {job.source_cycle} cannot be read: {error.strerror}",
                 ) from error
             dst = self.disk_path(job, disk.source_disk_number)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -196,16 +191,11 @@ class LocalTarget:
             except OSError as error:
                 if error.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise StepFailedError(
-                    JobError(
-                        code=ErrorCode.DATA_LOSS,
-                        reason="DISK_COPY_FAILED",
-                        message=(
-                            f"copying source disk {disk.source_disk_number} failed part-way:"
-                            f" {error.strerror or error}"
-                        ),
-                        metadata={"source_disk_number": str(disk.source_disk_number)},
-                    )
+                raise _disk_lost(
+                    disk,
+                    "DISK_COPY_FAILED",
+                    f"copying source disk {disk.source_disk_number} failed part-way:"
+                    f" {error.strerror or error}",
                 ) from error
             done_before += disk.size_bytes
             self.faults.apply(job, StepKind.PREPARING_VM_DISKS, cancelled)
@@ -216,6 +206,8 @@ class LocalTarget:
                     f"projects/{job.target.project}/zones/{job.target.zone}/disks/{stem}",
                 )
             )
+        if disks:  # the new names are durable before the step is committed as done
+            _fsync_dir(self.disk_path(job, disks[0].source_disk_number).parent)
         progress(total, total)
         return TargetResult(disk_uris=tuple(uris))
 
@@ -404,6 +396,17 @@ class LocalTarget:
         # The manifest is written last: its presence says the upload completed.
         _write_synced(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
         return folder
+
+
+def _disk_lost(disk: SnapshotDisk, reason: str, message: str) -> StepFailedError:
+    return StepFailedError(
+        JobError(
+            code=ErrorCode.DATA_LOSS,
+            reason=reason,
+            message=message,
+            metadata={"source_disk_number": str(disk.source_disk_number)},
+        )
+    )
 
 
 def _offset_progress(progress: ProgressFn, base: int, total: int, done: int, _: int) -> None:

@@ -16,6 +16,7 @@ from e2e_support import (
     CLONEJOB_SERVER,
     REPO,
     Result,
+    ServerPool,
     base_env,
     run,
     wait_until,
@@ -55,6 +56,15 @@ def closed_port() -> int:
 
 def assert_no_traceback(result: Result) -> None:
     assert "Traceback" not in result.stderr + result.stdout, result
+
+
+# The fixture lives here, not in a conftest.py: a second module named `conftest`
+# would shadow tests/integration/conftest.py for the integration tests' imports.
+@pytest.fixture(scope="module")
+def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    pool = ServerPool(tmp_path_factory.mktemp("run"))
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="module")

@@ -879,3 +879,62 @@ async def test_engine_watch_ends_when_job_ends_while_resuming(
     assert jobs == list(await store.revisions(job.name, after=1))
     assert jobs[-1].state is State.SUCCEEDED
     assert items == jobs, "the watch went on (with heartbeats) after the terminal revision"
+
+
+# -- callers that go away --
+
+
+async def test_engine_cancel_whose_caller_goes_away_is_still_carried_out(
+    engine: Engine, target: FakeTarget
+) -> None:
+    job = await create(engine, "caller-gone")
+    await run_to(target, job.name, StepKind.ADAPTING_OS)
+    watch = engine.watch(job.name, after_revision=0, heartbeat_interval=QUIET)
+    caller = asyncio.ensure_future(engine.cancel(job.name))
+    await asyncio.sleep(0)  # the cancel is under way (waiting for its commit) ...
+    caller.cancel()  # ... when its client's deadline passes
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    items = await within(collect(watch))
+    states = [j.state for j in items]
+    assert State.CANCELLING in states
+    assert states[-1] is State.CANCELLED
+    assert target.cleanup_calls == [job.name]
+    assert await engine.get(job.name) == items[-1]
+
+
+async def test_engine_create_whose_caller_goes_away_still_runs_the_job(
+    engine: Engine, target: FakeTarget
+) -> None:
+    caller = asyncio.ensure_future(create(engine, "create-gone"))
+    for _ in range(3):  # past the lookups, into the commit
+        await asyncio.sleep(0)
+    caller.cancel()
+    try:
+        await caller
+    except asyncio.CancelledError:
+        pass
+    name = job_name("create-gone")
+    try:
+        await engine.get(name)
+    except JobNotFoundError:
+        return  # cancelled before the commit: nothing was stored, nothing to run
+    await run_to(target, name, StepKind.INSTANTIATING_MIGRATED_VM)
+    target.release(name, StepKind.INSTANTIATING_MIGRATED_VM)
+    assert (await final(engine, name)).state is State.SUCCEEDED
+
+
+async def test_engine_unexpected_step_error_ends_the_job_failed(
+    engine: Engine, target: FakeTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(job: CloneJob, cancelled: threading.Event) -> TargetResult:
+        raise ZeroDivisionError("a bug in a target")
+
+    monkeypatch.setattr(target, "adapt_os", broken)
+    job = await create(engine, "bug")
+    await target.started(job.name, StepKind.PREPARING_VM_DISKS)
+    target.release(job.name, StepKind.PREPARING_VM_DISKS)
+    done = await final(engine, job.name)
+    assert done.state is State.FAILED
+    assert done.error is not None and done.error.reason == "ENGINE_ERROR"
+    assert target.cleanup_calls == [job.name]
