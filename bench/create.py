@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fixtures, loadgen, store_rates
-from bench.figures import Figure, Run
+from bench.figures import Figure, Run, cost_figures
 from bench.processes import ServerProcess, sample_vm
 from bench.profiles import profiled
 from server.domain.job import State
@@ -95,20 +95,7 @@ def run(run: Run) -> list[Figure]:
             unit="/s",
             note="baseline: a loop of SqliteJobStore.create in one process (WAL, synchronous=FULL)",
         ),
-        Figure(
-            benchmark="create",
-            name="CreateCloneJob p50 latency",
-            measured=real_result["p50_ms"],
-            baseline=bare_result["p50_ms"],
-            unit="ms",
-            higher_is_better=False,
-        ),
-        Figure(
-            benchmark="create",
-            name="server CPU per Create",
-            measured=real_result["server_cpu_us_per_call"],
-            baseline=bare_result["server_cpu_us_per_call"],
-            unit="us",
-            higher_is_better=False,
+        *cost_figures(
+            "create", real_result, bare_result, rpc="CreateCloneJob", call="Create", p99=False
         ),
     ]

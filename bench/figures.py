@@ -85,6 +85,37 @@ class Run:
         return path
 
 
+def cost_figures(
+    benchmark: str,
+    measured: dict[str, Any],
+    baseline: dict[str, Any],
+    *,
+    rpc: str,
+    call: str,
+    p99: bool,
+    latency_note: str = "",
+    cpu_note: str = "",
+) -> list[Figure]:
+    """The latency and server-CPU rows of a unary benchmark (lower is better):
+    `rpc` names the latency rows, `call` the CPU row."""
+    rows = [("p50_ms", f"{rpc} p50 latency", "ms", latency_note)]
+    if p99:
+        rows.append(("p99_ms", f"{rpc} p99 latency", "ms", ""))
+    rows.append(("server_cpu_us_per_call", f"server CPU per {call}", "us", cpu_note))
+    return [
+        Figure(
+            benchmark=benchmark,
+            name=name,
+            measured=measured[key],
+            baseline=baseline[key],
+            unit=unit,
+            higher_is_better=False,
+            note=note,
+        )
+        for key, name, unit, note in rows
+    ]
+
+
 def cpu_plan() -> tuple[set[int] | None, set[int] | None]:
     """Server on the first core, load generator on the second, when there are two."""
     cores = sorted(os.sched_getaffinity(0))

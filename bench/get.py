@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import fixtures, loadgen
-from bench.figures import Figure, Run
+from bench.figures import Figure, Run, cost_figures
 from bench.processes import ServerProcess, sample_vm
 from bench.profiles import profiled
 from clonejob_grpc import clone_job_service_pb2
@@ -73,30 +73,14 @@ def run(run: Run) -> list[Figure]:
             goal=0.8,
             note=note,
         ),
-        Figure(
-            benchmark="get",
-            name="GetCloneJob p50 latency",
-            measured=real_best["p50_ms"],
-            baseline=bare_best["p50_ms"],
-            unit="ms",
-            higher_is_better=False,
-            note="same rounds as calls/s",
-        ),
-        Figure(
-            benchmark="get",
-            name="GetCloneJob p99 latency",
-            measured=real_best["p99_ms"],
-            baseline=bare_best["p99_ms"],
-            unit="ms",
-            higher_is_better=False,
-        ),
-        Figure(
-            benchmark="get",
-            name="server CPU per Get",
-            measured=real_best["server_cpu_us_per_call"],
-            baseline=bare_best["server_cpu_us_per_call"],
-            unit="us",
-            higher_is_better=False,
-            note="server process CPU time / calls, in the measured window",
+        *cost_figures(
+            "get",
+            real_best,
+            bare_best,
+            rpc="GetCloneJob",
+            call="Get",
+            p99=True,
+            latency_note="same rounds as calls/s",
+            cpu_note="server process CPU time / calls, in the measured window",
         ),
     ]
