@@ -1,16 +1,44 @@
-"""The store protocol: what the engine needs from any database."""
+"""The store protocol: what the engine needs from any database.
+
+Two stores implement it: SQLite (embedded, one process, the default) and
+PostgreSQL (any number of replicas sharing one database). Beside the jobs and
+their revisions, the store keeps each job's *lease*: which replica runs it,
+until when (judged by the store's own clock), and a fencing *epoch* that grows
+with every claim. A runner's writes are conditional on its epoch, so a runner
+that lost its lease can commit nothing more. Leases are not changes of the
+job: claiming, renewing or releasing one writes no revision.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from server.domain.errors import LeaseLostError
 from server.domain.job import CloneJob, State
 from server.domain.listing import ListQuery
+
+__all__ = [
+    "ChangeListener",
+    "ClaimResult",
+    "ConflictError",
+    "DuplicateJobError",
+    "JobStore",
+    "Lease",
+    "LeaseLostError",
+    "StoreError",
+    "StoreUnavailableError",
+]
 
 
 class StoreError(Exception):
     """The store cannot be used (locked, corrupt, from a newer version, …)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached right now (connection lost, restarting, …);
+    the same call may succeed later."""
 
 
 class DuplicateJobError(Exception):
@@ -25,18 +53,59 @@ class ConflictError(Exception):
     """The job changed since the revision the update was computed from."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A claim on running one job: `epoch` fences every write made under it."""
+
+    job: CloneJob
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimResult:
+    leases: Sequence[Lease]
+    # Seconds until the earliest live lease of an unfinished job (held by anyone)
+    # expires, so that a worker with free slots can wake then; None when there is none.
+    next_expiry: float | None = None
+
+
+class ChangeListener(Protocol):
+    """Told of committed changes by the store's change feed; must not block or raise."""
+
+    def on_change(self, name: str, revision: int, claimable: bool) -> None:
+        """`name` reached `revision`. `claimable` when the job may need a worker:
+        just created, asked to cancel, or its lease released."""
+
+    def on_resync(self) -> None:
+        """The feed (re)connected: changes may have been missed since the last
+        `on_change`; listeners re-read what they follow."""
+
+    def on_available(self, available: bool) -> None:
+        """The store became reachable (True) or unreachable (False)."""
+
+
 class JobStore(Protocol):
-    """Every method commits durably before it returns."""
+    """Every write commits durably before it returns."""
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
+    def describe(self) -> str:
+        """Where the jobs are, for people (never a password): a path or host/db."""
+
     async def create(self, job: CloneJob) -> None:
         """Insert a new job; DuplicateJobError when the name or request id is taken."""
 
-    async def update(self, job: CloneJob, *, expected_revision: int) -> None:
-        """Replace the job if its stored revision is `expected_revision`, else ConflictError."""
+    async def update(
+        self, job: CloneJob, *, expected_revision: int, epoch: int | None = None
+    ) -> None:
+        """Replace the job if its stored revision is `expected_revision`, else ConflictError.
+
+        With `epoch`, only while that epoch is the job's live (unexpired) lease,
+        else LeaseLostError (checked before the revision). A job reaching a
+        terminal state under a lease releases it in the same commit.
+        """
 
     async def get(self, name: str) -> CloneJob | None: ...
 
@@ -56,3 +125,33 @@ class JobStore(Protocol):
 
     async def count_by_state(self) -> Mapping[State, int]:
         """How many jobs are in each state (states with none may be left out)."""
+
+    # -- leases --
+
+    async def claim(
+        self, owner: str, *, limit: int, ttl: float, cancelling: bool = False
+    ) -> ClaimResult:
+        """Lease up to `limit` unfinished jobs that no live lease holds, oldest
+        first, to `owner` for `ttl` seconds, each with a new, higher epoch.
+        Concurrent claims never block one another nor take the same job.
+        With `cancelling`, only jobs in CANCELLING (finishing a cancel needs no
+        slot: a worker takes them even when its slots are full)."""
+
+    async def renew(self, name: str, epoch: int, *, ttl: float) -> bool:
+        """Extend the lease to `ttl` seconds from now; False when it is lost."""
+
+    async def release(self, name: str, epoch: int) -> None:
+        """Give the lease up (if still held) so that any worker may claim the job."""
+
+    async def holds(self, name: str, epoch: int) -> bool:
+        """Whether `epoch` is still the job's live lease (the fenced check)."""
+
+    # -- shared settings and the change feed --
+
+    async def page_token_key(self, size: int) -> bytes:
+        """The key that signs page tokens: made once (`size` random bytes), kept
+        with the jobs, the same for every server on this store."""
+
+    async def listen(self, listener: ChangeListener) -> None:
+        """Start telling `listener` of changes committed by any server on this
+        store (a store with one server may tell nothing). Returns once listening."""

@@ -2,6 +2,10 @@
 
 All SQLite calls run on two dedicated threads, one writing and one reading, so
 the event loop never blocks and each connection stays on its own thread.
+
+One server per database (a lock file beside it makes sure): leases are judged
+by this process's clock, and the server publishes its own commits, so the
+change feed tells nothing.
 """
 
 from __future__ import annotations
@@ -10,32 +14,65 @@ import asyncio
 import fcntl
 import functools
 import os
+import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from server.domain.job import CloneJob, State
-from server.domain.listing import AllOf, Comparison, Field, ListQuery
-from server.store import records
-from server.store.base import ConflictError, DuplicateJobError, StoreError
+from server.domain.listing import ListQuery
+from server.store import records, schema
+from server.store.base import (
+    ChangeListener,
+    ClaimResult,
+    ConflictError,
+    DuplicateJobError,
+    Lease,
+    LeaseLostError,
+    StoreError,
+)
+from server.store.listing import UNFINISHED_STATES, list_sql
 
 T = TypeVar("T")
 
+PAGE_TOKEN_KEY_FILE = "page-token.key"
+
 
 def migrations() -> list[str]:
-    """The numbered migrations, in order; the schema version is how many ran."""
-    folder = resources.files("server.store") / "migrations"
-    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(folder / n).read_text() for n in names]
+    """The numbered SQLite migrations, in order; the schema version is how many ran."""
+    return schema.migrations("sqlite")
 
 
 # Changes committed together at most (one transaction, one fsync).
 MAX_BATCH = 256
 _UNFINISHED = tuple(int(s) for s in State if not s.terminal)
-_COLUMNS = {Field.STATE: "state", Field.CREATE_TIME: "create_time_us", Field.NAME: "name"}
+# A change that fails with one of these fails alone; the rest of its batch commits.
+_FAILS_ALONE = (sqlite3.IntegrityError, ConflictError, DuplicateJobError, LeaseLostError)
+
+_Op = Callable[[sqlite3.Connection], Any]
+
+# Without statistics SQLite would rather walk the state index and sort; the
+# claim index yields the oldest claimable jobs first and stops at the limit.
+CLAIM_SQL = (
+    "UPDATE clone_jobs SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_expires = ?"
+    " WHERE name IN ("
+    "  SELECT name FROM clone_jobs INDEXED BY clone_jobs_claim"
+    f"  WHERE state IN {UNFINISHED_STATES} AND (lease_expires IS NULL OR lease_expires <= ?)"
+    "  ORDER BY create_time_us, name LIMIT ?"
+    ") RETURNING create_time_us, name, lease_epoch, record"
+)
+# CANCELLING jobs are few: found by the state index, then sorted.
+CLAIM_CANCELLING_SQL = (
+    "UPDATE clone_jobs SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_expires = ?"
+    " WHERE name IN ("
+    f"  SELECT name FROM clone_jobs WHERE state = {int(State.CANCELLING)}"
+    "   AND (lease_expires IS NULL OR lease_expires <= ?)"
+    "  ORDER BY create_time_us, name LIMIT ?"
+    ") RETURNING create_time_us, name, lease_epoch, record"
+)
 
 
 class SqliteJobStore:
@@ -48,7 +85,7 @@ class SqliteJobStore:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._pending: list[tuple[Callable[[sqlite3.Connection], None], asyncio.Future[None]]] = []
+        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Future[None] | None = None
 
     # -- lifecycle --
@@ -89,6 +126,12 @@ class SqliteJobStore:
                 raise StoreError(
                     f"{self.path}: the database file is corrupt ({found}); restore it from a backup"
                 )
+            # The lock file says no other process runs: every lease left behind is
+            # a crashed server's, and must not delay resuming its jobs.
+            conn.execute(
+                "UPDATE clone_jobs SET lease_owner = NULL, lease_expires = NULL"
+                " WHERE lease_owner IS NOT NULL OR lease_expires IS NOT NULL"
+            )
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path}: {self._explain(error)}") from error
         self._wconn = conn
@@ -113,7 +156,7 @@ class SqliteJobStore:
         for number, sql in enumerate(steps[version:], start=version + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(sql):
+                for statement in schema.sqlite_statements(sql):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
@@ -157,31 +200,38 @@ class SqliteJobStore:
         except sqlite3.Error as error:  # disk full, I/O error, …: the store is unavailable
             raise StoreError(f"{self.path}: {self._explain(error)}") from error
 
+    def describe(self) -> str:
+        return str(self.path)
+
     # -- writes --
     #
     # Group commit: changes that arrive while a commit is under way wait for it,
     # then go together in the next transaction, with one fsync. Each change runs
-    # under its own savepoint, so one that fails (a duplicate, a conflict) fails
-    # alone; every caller is answered only after the COMMIT that holds its change.
+    # under its own savepoint, so one that fails (a duplicate, a conflict, a lost
+    # lease) fails alone; every caller is answered only after the COMMIT that
+    # holds its change.
 
     async def create(self, job: CloneJob) -> None:
         await self._write(functools.partial(self._insert, job))
 
-    async def update(self, job: CloneJob, *, expected_revision: int) -> None:
-        await self._write(functools.partial(self._replace, job, expected_revision))
+    async def update(
+        self, job: CloneJob, *, expected_revision: int, epoch: int | None = None
+    ) -> None:
+        await self._write(functools.partial(self._replace, job, expected_revision, epoch))
 
-    async def _write(self, op: Callable[[sqlite3.Connection], None]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        await future
+        return cast(T, await future)
 
     async def _flush(self) -> None:
         while self._pending:
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
             ops = [op for op, _ in batch]
+            outcomes: list[tuple[Any, BaseException | None]]
             try:
                 outcomes = await self._run(self._writer, functools.partial(self._commit, ops))
             except asyncio.CancelledError:
@@ -189,31 +239,29 @@ class SqliteJobStore:
                     future.cancel()
                 raise
             except Exception as error:  # the COMMIT itself failed: nothing was written
-                outcomes = [error] * len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                outcomes = [(None, error)] * len(batch)
+            for (_, future), (value, failure) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
-                if outcome is None:
-                    future.set_result(None)
+                if failure is None:
+                    future.set_result(value)
                 else:
-                    future.set_exception(outcome)
+                    future.set_exception(failure)
 
-    def _commit(
-        self, ops: list[Callable[[sqlite3.Connection], None]]
-    ) -> list[BaseException | None]:
+    def _commit(self, ops: list[_Op]) -> list[tuple[Any, BaseException | None]]:
         conn = self._w()
-        outcomes: list[BaseException | None] = []
+        outcomes: list[tuple[Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
                 conn.execute("SAVEPOINT change")
                 try:
-                    op(conn)
-                except (sqlite3.IntegrityError, ConflictError, DuplicateJobError) as error:
+                    value = op(conn)
+                except _FAILS_ALONE as error:
                     conn.execute("ROLLBACK TO change")
-                    outcomes.append(error)
+                    outcomes.append((None, error))
                 else:
-                    outcomes.append(None)
+                    outcomes.append((value, None))
                 conn.execute("RELEASE change")
             conn.execute("COMMIT")
         except BaseException:
@@ -250,10 +298,16 @@ class SqliteJobStore:
             (job.name, job.revision, record),
         )
 
-    def _replace(self, job: CloneJob, expected_revision: int, conn: sqlite3.Connection) -> None:
+    def _replace(
+        self, job: CloneJob, expected_revision: int, epoch: int | None, conn: sqlite3.Connection
+    ) -> None:
+        if epoch is not None and not _live(conn, job.name, epoch, time.time()):
+            raise LeaseLostError(f"{job.name}: epoch {epoch} is not its live lease")
         record = records.dump(job)
+        # A finished job needs no worker: its lease goes in the same commit.
+        release = ", lease_owner = NULL, lease_expires = NULL" if job.state.terminal else ""
         cursor = conn.execute(
-            "UPDATE clone_jobs SET state = ?, revision = ?, record = ?"
+            f"UPDATE clone_jobs SET state = ?, revision = ?, record = ?{release}"
             " WHERE name = ? AND revision = ?",
             (int(job.state), job.revision, record, job.name, expected_revision),
         )
@@ -267,6 +321,98 @@ class SqliteJobStore:
             "DELETE FROM clone_job_revisions WHERE name = ? AND revision <= ?",
             (job.name, job.revision - self.revision_retention),
         )
+
+    # -- leases --
+    #
+    # Lease changes go through group commit like any write, but write no revision.
+
+    async def claim(
+        self, owner: str, *, limit: int, ttl: float, cancelling: bool = False
+    ) -> ClaimResult:
+        return await self._write(functools.partial(self._claim, owner, limit, ttl, cancelling))
+
+    def _claim(
+        self, owner: str, limit: int, ttl: float, cancelling: bool, conn: sqlite3.Connection
+    ) -> ClaimResult:
+        now = time.time()
+        rows: list[Any] = []
+        if limit > 0:
+            sql = CLAIM_CANCELLING_SQL if cancelling else CLAIM_SQL
+            rows = conn.execute(sql, (owner, now + ttl, now, limit)).fetchall()
+        rows.sort(key=lambda row: (row[0], row[1]))  # RETURNING keeps no order
+        # The earliest expiry among the jobs this claim could take.
+        states = f"= {int(State.CANCELLING)}" if cancelling else f"IN {UNFINISHED_STATES}"
+        (earliest,) = conn.execute(
+            f"SELECT MIN(lease_expires) FROM clone_jobs WHERE state {states} AND lease_expires > ?",
+            (now,),
+        ).fetchone()
+        return ClaimResult(
+            leases=[Lease(job=records.load(row[3]), epoch=int(row[2])) for row in rows],
+            next_expiry=None if earliest is None else max(0.0, float(earliest) - now),
+        )
+
+    async def renew(self, name: str, epoch: int, *, ttl: float) -> bool:
+        def renew(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            cursor = conn.execute(
+                "UPDATE clone_jobs SET lease_expires = ?"
+                " WHERE name = ? AND lease_epoch = ? AND lease_expires > ?",
+                (now + ttl, name, epoch, now),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(renew)
+
+    async def release(self, name: str, epoch: int) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE clone_jobs SET lease_owner = NULL, lease_expires = NULL"
+                " WHERE name = ? AND lease_epoch = ? AND lease_expires IS NOT NULL",
+                (name, epoch),
+            )
+
+        await self._write(release)
+
+    async def holds(self, name: str, epoch: int) -> bool:
+        return await self._run(self._reader, lambda: _live(self._r(), name, epoch, time.time()))
+
+    # -- settings and the change feed --
+
+    async def page_token_key(self, size: int) -> bytes:
+        # On the writer thread: two calls never race to make the file.
+        return await self._run(self._writer, functools.partial(self._page_token_key, size))
+
+    def _page_token_key(self, size: int) -> bytes:
+        path = self.path.parent / PAGE_TOKEN_KEY_FILE
+        try:
+            try:
+                key = path.read_bytes()
+            except FileNotFoundError:
+                # Written whole under another name, then renamed: a crash never
+                # leaves a short key behind.
+                key = secrets.token_bytes(size)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+        except OSError as error:
+            raise StoreError(
+                f"{path}: cannot read or write the page-token key ({error})"
+            ) from error
+        if len(key) != size:
+            raise StoreError(
+                f"{path} holds {len(key)} bytes, not a {size}-byte key: delete it"
+                " (page tokens issued before become invalid) and start again"
+            )
+        return key
+
+    async def listen(self, listener: ChangeListener) -> None:
+        # One server per database: the engine publishes its own commits.
+        listener.on_available(True)
 
     # -- reads --
 
@@ -338,54 +484,14 @@ class SqliteJobStore:
         return {State(int(state)): int(count) for state, count in rows}
 
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
-        where = ["parent = ?"]
-        args: list[Any] = [query.parent]
-        if query.filter is not None:
-            clause, values = _filter_sql(query.filter)
-            where.append(clause)
-            args.extend(values)
-        desc = query.order_by.descending
-        direction = "DESC" if desc else "ASC"
-        if query.order_by.field is Field.NAME:
-            order = f"name {direction}"
-            if query.after is not None:
-                where.append("name < ?" if desc else "name > ?")
-                args.append(query.after.name)
-        else:
-            order = f"create_time_us {direction}, name {direction}"
-            if query.after is not None:
-                where.append(
-                    "(create_time_us, name) < (?, ?)" if desc else "(create_time_us, name) > (?, ?)"
-                )
-                args.extend([query.after.create_time_us, query.after.name])
-        sql = f"SELECT record FROM clone_jobs WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
-        args.append(query.limit)
+        sql, args = list_sql(query, "?")
         return await self._many(sql, tuple(args))
 
 
-def _filter_sql(expr: AllOf) -> tuple[str, list[Any]]:
-    groups: list[str] = []
-    args: list[Any] = []
-    for any_of in expr.terms:
-        parts: list[str] = []
-        for term in any_of.terms:
-            parts.append(f"{_COLUMNS[term.field]} {term.op} ?")
-            args.append(_sql_value(term))
-        groups.append("(" + " OR ".join(parts) + ")")
-    return "(" + " AND ".join(groups) + ")", args
-
-
-def _sql_value(term: Comparison) -> Any:
-    if term.field is Field.STATE:
-        return int(term.value)  # type: ignore[arg-type]
-    if term.field is Field.CREATE_TIME:
-        return records.to_us(term.value)  # type: ignore[arg-type]
-    return term.value
-
-
-def _statements(sql: str) -> list[str]:
-    return [s.strip() for s in sql.split(";") if s.strip() and not _only_comments(s)]
-
-
-def _only_comments(text: str) -> bool:
-    return all(line.strip().startswith("--") or not line.strip() for line in text.splitlines())
+def _live(conn: sqlite3.Connection, name: str, epoch: int, now: float) -> bool:
+    """Whether `epoch` is the job's lease and has not expired at `now`."""
+    row = conn.execute(
+        "SELECT 1 FROM clone_jobs WHERE name = ? AND lease_epoch = ? AND lease_expires > ?",
+        (name, epoch, now),
+    ).fetchone()
+    return row is not None
