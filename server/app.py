@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import signal
-from pathlib import Path
+from collections.abc import Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,6 +17,7 @@ from server.api import registration
 from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService
 from server.config import Config
+from server.domain.job import State
 from server.engine import Engine, Hub
 from server.observability.interceptor import RpcObserver
 from server.observability.metrics import Metrics
@@ -28,7 +27,7 @@ from server.security import (
     check_exposure,
     server_credentials,
 )
-from server.store import SqliteJobStore
+from server.store import open_store
 from server.targets.faults import FaultPlan
 from server.targets.local import LocalTarget
 
@@ -53,30 +52,8 @@ SERVER_OPTIONS = [
 
 
 PAGE_TOKEN_KEY_BYTES = 32
-
-
-def page_token_key(data_dir: Path) -> bytes:
-    """The key that signs page tokens, made once and kept with the data."""
-    path = data_dir / "page-token.key"
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        # Written whole under another name, then renamed: a crash never leaves a
-        # short key behind.
-        key = secrets.token_bytes(PAGE_TOKEN_KEY_BYTES)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    if len(key) != PAGE_TOKEN_KEY_BYTES:
-        raise SecurityConfigError(
-            f"{path} holds {len(key)} bytes, not a {PAGE_TOKEN_KEY_BYTES}-byte key: delete it"
-            " (page tokens issued before become invalid) and start again"
-        )
-    return key
+# How long a metrics scrape waits for the store to count jobs.
+SCRAPE_COUNT_TIMEOUT = 2.0
 
 
 class App:
@@ -84,7 +61,12 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = SqliteJobStore(config.database, revision_retention=config.revision_retention)
+        self.store = open_store(
+            config.store,
+            config.data_dir,
+            revision_retention=config.revision_retention,
+            connect_timeout=config.store_connect_timeout,
+        )
         faults = FaultPlan.load(config.fault_plan) if config.fault_plan else None
         self.target = LocalTarget(config.data_dir, faults)
         self.metrics = Metrics()
@@ -94,8 +76,13 @@ class App:
             max_concurrent_jobs=config.max_concurrent_jobs,
             hub=Hub(config.watch_buffer),
             observers=[self.metrics],
+            lease_ttl=config.lease_ttl,
+            on_store_available=self._store_available,
         )
         self.health = HealthServicer()
+        self._serving = False
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.server: grpc.aio.Server | None = None
         self.servicer: CloneJobService | None = None
         self.port = 0
@@ -103,6 +90,7 @@ class App:
 
     async def start(self) -> int:
         config = self.config
+        self._loop = asyncio.get_running_loop()
         # 0. Refuse to expose an open server beyond loopback (SecurityConfigError).
         check_exposure(
             config.listen,
@@ -111,16 +99,19 @@ class App:
             insecure=config.insecure,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        # 1. The store: a locked, corrupt or newer database stops us here (StoreError).
+        # 1. The store: a locked, corrupt, unreachable or newer database stops us
+        # here (StoreError).
         await self.store.open()
-        # 1b. Metrics: job gauges from the store before anything changes; the endpoint.
+        # 1b. Metrics: job gauges counted from the store (the whole fleet's jobs)
+        # at each scrape; the endpoint.
         self.metrics.count_jobs(await self.store.count_by_state())
+        self.metrics.count_jobs_with(self._count_jobs)
         if config.metrics_listen is not None:
             self.metrics_port = await self.metrics.serve(config.metrics_listen)
         # 2. The gRPC server, bound but not yet serving the job service as healthy.
         self.servicer = CloneJobService(
             self.engine,
-            PageTokens(page_token_key(config.data_dir)),
+            PageTokens(await self.store.page_token_key(PAGE_TOKEN_KEY_BYTES)),
             heartbeat_interval=config.heartbeat_interval,
             max_watches=config.max_watches,
         )
@@ -156,16 +147,19 @@ class App:
             raise OSError(f"cannot listen on {config.listen}")
         self.server = server
         await server.start()
-        # 3. The engine: resume what a previous process left unfinished.
+        # 3. The engine: hear other replicas' changes, take up waiting jobs (those a
+        # previous process left unfinished among them).
         resumed = await self.engine.start()
-        # 4. Healthy.
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # 4. Healthy (and from now on, NOT_SERVING while the store cannot be reached).
+        self._serving = True
+        await self._set_health(self.engine.feed.available)
         log.info(
-            "clonejob-server listening on %s (port %d), data in %s, %d jobs resumed, metrics %s",
+            "clonejob-server listening on %s (port %d), data in %s, jobs in %s,"
+            " %d jobs taken up, metrics %s",
             config.listen,
             self.port,
             config.data_dir,
+            self.store.describe(),
             resumed,
             self.metrics.url or "off",
         )
@@ -175,8 +169,40 @@ class App:
             tmp.replace(config.port_file)
         return self.port
 
+    def _store_available(self, available: bool) -> None:
+        if not self._serving:
+            return
+        task = asyncio.create_task(self._set_health(available))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, available: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if available
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    def _count_jobs(self) -> Mapping[State, int] | None:
+        """The fleet's jobs by state, read from the store for a scrape (called on
+        the metrics endpoint's thread); None when the store does not answer."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        future = asyncio.run_coroutine_threadsafe(self.store.count_by_state(), loop)
+        try:
+            counts = future.result(SCRAPE_COUNT_TIMEOUT)
+        except Exception:
+            future.cancel()
+            return None
+        self.engine.queued_seen = counts.get(State.PENDING, 0)
+        return counts
+
     async def stop(self) -> None:
         # 1. Health says NOT_SERVING, so balancers send new calls elsewhere.
+        self._serving = False
         await self.health.enter_graceful_shutdown()
         # 2. Open watches end with UNAVAILABLE at once: their clients resume elsewhere.
         self.engine.hub.close()
@@ -189,7 +215,8 @@ class App:
         await self.metrics.close()
         # 6. The store closes last: everything above may still commit.
         await self.store.close()
-        log.info("clonejob-server stopped")
+        if self.server is not None:  # a start that failed has said why, once
+            log.info("clonejob-server stopped")
 
 
 async def serve(config: Config) -> None:

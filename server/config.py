@@ -23,6 +23,9 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
 class Config:
     listen: str = "127.0.0.1:50051"
     data_dir: Path
+    store: str | None = None
+    store_connect_timeout: float = 30.0
+    lease_ttl: float = 15.0
     max_concurrent_jobs: int = 4
     heartbeat_interval: float = 30.0
     max_watches: int = 10_000
@@ -65,6 +68,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _lease_ttl(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be between 1 and 3600 seconds")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -98,10 +115,30 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
     ("--listen", "CLONEJOB_LISTEN", str, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051)"),
     ("--data-dir", "CLONEJOB_DATA_DIR", Path, "where the database, snapshots and targets live"),
     (
+        "--store",
+        "CLONEJOB_STORE",
+        str,
+        "postgresql://user@host:5432/db: keep jobs in PostgreSQL, shared by every replica"
+        " (default: SQLite in the data dir)",
+    ),
+    (
+        "--store-connect-timeout",
+        "CLONEJOB_STORE_CONNECT_TIMEOUT",
+        _positive_float,
+        "seconds to keep trying to reach PostgreSQL at start before exiting (default 30)",
+    ),
+    (
+        "--lease-ttl",
+        "CLONEJOB_LEASE_TTL",
+        _lease_ttl,
+        "seconds a replica's lease on a running job lasts unrenewed; another replica"
+        " takes a job over this long after its runner died (default 15)",
+    ),
+    (
         "--max-concurrent-jobs",
         "CLONEJOB_MAX_CONCURRENT_JOBS",
-        _positive_int,
-        "jobs that run at once; more wait PENDING (default 4)",
+        _non_negative_int,
+        "jobs this replica runs at once; more wait PENDING; 0: serve RPCs only (default 4)",
     ),
     (
         "--heartbeat-interval",

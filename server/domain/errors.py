@@ -107,3 +107,8 @@ class StepFailedError(Exception):
 
 class StepCancelledError(Exception):
     """The step stopped because the job is being cancelled."""
+
+
+class LeaseLostError(Exception):
+    """The fencing epoch is no longer the job's current lease: another replica
+    claimed it, or the lease expired. Nothing was written under it."""

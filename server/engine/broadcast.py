@@ -69,6 +69,14 @@ class Hub:
     def open_subscriptions(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
 
+    def watched(self, name: str) -> bool:
+        """Whether anyone here watches `name`."""
+        return name in self._subscribers
+
+    def names(self) -> list[str]:
+        """The jobs watched here."""
+        return list(self._subscribers)
+
     def subscribe(self, name: str) -> Subscription:
         sub = Subscription(self, name, self._buffer_limit)
         if self._closed:

@@ -3,8 +3,9 @@
 Each `Metrics` owns a `CollectorRegistry`, so several servers can run in one
 process (tests) without their series mixing. The endpoint is prometheus_client's
 WSGI server on a daemon thread: scrapes never touch the event loop, and `close`
-shuts it down. Job gauges follow the engine's committed changes (`on_change`);
-queue, slot and watch gauges are read from their owners at scrape time.
+shuts it down. Job counts by state are the whole fleet's, read from the store
+at scrape time (between stores reads, from this server's own committed changes);
+queue, slot and watch gauges are read from their owners at scrape time too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from server.domain.job import CloneJob, State, StepKind
 
@@ -52,7 +55,9 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
-        self.jobs = Gauge("clonejob_jobs", "Clone jobs by state", ["state"], registry=r)
+        self._tally: dict[State, int] = dict.fromkeys(State, 0)
+        self._count_fn: Callable[[], Mapping[State, int] | None] | None = None
+        r.register(_JobCounts(self))
         self.step_duration = Histogram(
             "clonejob_step_duration_seconds",
             "Duration of ended steps (succeeded, failed or cancelled)",
@@ -74,8 +79,6 @@ class Metrics:
             "Bytes of disk images copied by preparing_vm_disks (holes count as copied)",
             registry=r,
         )
-        for state in State:
-            self.jobs.labels(state=state.name)
         for step in StepKind:
             self.step_duration.labels(step=step.value)
         self._copied: dict[str, int] = {}  # bytes counted so far of each job's disk copy
@@ -102,7 +105,19 @@ class Metrics:
     def count_jobs(self, counts: Mapping[State, int]) -> None:
         """Start the job gauges from the store, before any change is observed."""
         for state in State:
-            self.jobs.labels(state=state.name).set(counts.get(state, 0))
+            self._tally[state] = counts.get(state, 0)
+
+    def count_jobs_with(self, fn: Callable[[], Mapping[State, int] | None]) -> None:
+        """Count jobs by state with `fn` at each scrape (on the endpoint's thread);
+        when it returns None, the counts kept from this server's changes serve."""
+        self._count_fn = fn
+
+    def job_counts(self) -> Mapping[State, int]:
+        counts = self._count_fn() if self._count_fn is not None else None
+        if counts is None:
+            return self._tally
+        self._tally = {state: counts.get(state, 0) for state in State}
+        return self._tally
 
     def track(
         self,
@@ -119,10 +134,10 @@ class Metrics:
     def on_change(self, old: CloneJob | None, new: CloneJob) -> None:
         """The engine's observer: called after each committed change, in order."""
         if old is None:
-            self.jobs.labels(state=new.state.name).inc()
+            self._tally[new.state] += 1
         elif old.state is not new.state:
-            self.jobs.labels(state=old.state.name).dec()
-            self.jobs.labels(state=new.state.name).inc()
+            self._tally[old.state] -= 1
+            self._tally[new.state] += 1
         for i, step in enumerate(new.steps):
             if step.end_time is None:
                 continue
@@ -185,3 +200,16 @@ class Metrics:
                 thread.join()
 
         await asyncio.to_thread(shut)
+
+
+class _JobCounts(Collector):
+    """`clonejob_jobs{state}`: counted at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily("clonejob_jobs", "Clone jobs by state", labels=["state"])
+        for state, count in self._metrics.job_counts().items():
+            family.add_metric([state.name], count)
+        return [family]

@@ -13,11 +13,35 @@ from server.domain.names import MigratingVmName
 ProgressFn = Callable[[int, int], None]
 
 
+class Fence(Protocol):
+    """The lease a step runs under. Several replicas may run the same step of one
+    job one after another (a takeover), and an old runner may wake up late: what
+    a step writes goes to names of its own `epoch`, and it puts them in place only
+    after `check` says the lease is still its own."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    def check(self) -> None:
+        """Raise LeaseLostError unless the lease is still held. Blocks: call it
+        from a worker thread."""
+
+
+class NoFence:
+    """The fence of a target used outside any lease (epoch 0, always held)."""
+
+    epoch = 0
+
+    def check(self) -> None:
+        return None
+
+
 class Target(Protocol):
     """Each step must be safe to run again after a crash part-way through it.
 
     Steps raise StepFailedError (with a JobError for the job's `error`) when
-    they cannot be done, and StepCancelledError when `cancelled` is set.
+    they cannot be done, StepCancelledError when `cancelled` is set, and
+    LeaseLostError when the fence says the lease is gone.
     """
 
     async def latest_cycle(self, migrating_vm: MigratingVmName) -> str:
@@ -25,12 +49,16 @@ class Target(Protocol):
         NoCompletedCycleError when there is none."""
 
     async def prepare_disks(
-        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult: ...
 
-    async def adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult: ...
+    async def adapt_os(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult: ...
 
-    async def instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult: ...
+    async def instantiate(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult: ...
 
     async def cleanup(self, job: CloneJob) -> None:
         """Delete exactly what this job created, and nothing else."""

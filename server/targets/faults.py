@@ -8,7 +8,12 @@ Each fault applies to jobs whose full name contains `match`, in `step`:
 - `hold`: the step waits until the job is cancelled (during preparing_vm_disks,
   after the first disk is copied, so that there is something to clean up);
 - `fail`: the step fails with `message`;
-- `enospc`: the step fails as if the target file system were full.
+- `enospc`: the step fails as if the target file system were full;
+- `delay`: the step waits `seconds` at its start, every time it runs (a re-run
+  after a takeover waits again), and stops at once if the job is cancelled —
+  for tests and drills of takeover::
+
+    {"match": "...", "step": "preparing_vm_disks", "action": "delay", "seconds": 6}
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from server.domain.errors import StepCancelledError, StepFailedError
 from server.domain.job import CloneJob, ErrorCode, JobError, StepKind
 
-ACTIONS = ("hold", "fail", "enospc")
+ACTIONS = ("hold", "fail", "enospc", "delay")
 
 
 class FaultPlanError(ValueError):
@@ -36,6 +41,7 @@ class Fault:
     step: StepKind
     action: str
     message: str = "injected failure"
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,22 +58,35 @@ class FaultPlan:
                     raise FaultPlanError(
                         f"unknown fault action {item['action']!r}; use one of {ACTIONS}"
                     )
+                seconds = float(item.get("seconds", 0))
+                if item["action"] == "delay" and not 0 < seconds <= 86_400:
+                    raise FaultPlanError(
+                        f"a delay fault needs seconds between 0 and 86400, not {seconds}"
+                    )
                 faults.append(
                     Fault(
                         match=str(item["match"]),
                         step=StepKind(item["step"]),
                         action=item["action"],
                         message=str(item.get("message", "injected failure")),
+                        seconds=seconds,
                     )
                 )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise FaultPlanError(f"--fault-plan {path}: {error}") from None
         return cls(faults=tuple(faults))
 
-    def apply(self, job: CloneJob, step: StepKind, cancelled: threading.Event) -> None:
-        """Act out the first fault planned for this job and step, if any."""
+    def delay(self, job: CloneJob, step: StepKind, cancelled: threading.Event) -> None:
+        """Wait out every delay planned for this job and step (blocking; a thread)."""
         for fault in self.faults:
-            if fault.step is not step or fault.match not in job.name:
+            if fault.action == "delay" and fault.step is step and fault.match in job.name:
+                if cancelled.wait(fault.seconds):
+                    raise StepCancelledError()
+
+    def apply(self, job: CloneJob, step: StepKind, cancelled: threading.Event) -> None:
+        """Act out the first fault planned for this job and step, if any (delays aside)."""
+        for fault in self.faults:
+            if fault.step is not step or fault.match not in job.name or fault.action == "delay":
                 continue
             if fault.action == "hold":
                 cancelled.wait()

@@ -10,8 +10,12 @@ Layout (all below the data directory)::
 
 `{uid}` is derived from the clone job's full name, so a disk file can belong to
 one job only; an instance file records its job, and cleanup deletes it only when
-it is this job's. Every name that reaches a path was validated as an RFC 1035
-label or a safe name segment, and every path is checked to stay inside its root.
+it is this job's. A disk is copied to `{base}-disk{k}-{uid}.e{epoch}.tmp`, a
+file of the runner's lease epoch, and renamed into place only after the fence
+says the lease is still held: a runner that lost its lease (paused, then
+resumed) never overwrites or deletes what the job's new runner is writing.
+Every name that reaches a path was validated as an RFC 1035 label or a safe
+name segment, and every path is checked to stay inside its root.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from server.domain.job import (
 )
 from server.domain.names import CloneJobName, MigratingVmName
 from server.targets import disk_image
-from server.targets.base import ProgressFn
+from server.targets.base import Fence, ProgressFn
 from server.targets.faults import FaultPlan
 
 MANIFEST = "manifest.json"
@@ -156,13 +160,14 @@ class LocalTarget:
     # -- steps --
 
     async def prepare_disks(
-        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult:
-        return await asyncio.to_thread(self._prepare_disks, job, progress, cancelled)
+        return await asyncio.to_thread(self._prepare_disks, job, progress, cancelled, fence)
 
     def _prepare_disks(
-        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult:
+        self.faults.delay(job, StepKind.PREPARING_VM_DISKS, cancelled)
         disks = self._job_disks(job)
         total = sum(d.size_bytes for d in disks)
         done_before = 0
@@ -179,17 +184,23 @@ class LocalTarget:
                 ) from error
             dst = self.disk_path(job, disk.source_disk_number)
             dst.parent.mkdir(parents=True, exist_ok=True)
+            _remove_older_epochs(dst, fence.epoch)
+            tmp = _epoch_path(dst, fence.epoch)
             try:
                 disk_image.copy_sparse(
                     disk.path,
-                    dst,
+                    tmp,
                     on_progress=functools.partial(_offset_progress, progress, done_before, total),
                     cancelled=cancelled,
                 )
+                fence.check()
+                os.replace(tmp, dst)
             except disk_image.CopyCancelledError:
+                tmp.unlink(missing_ok=True)
                 raise StepCancelledError() from None
-            except OSError as error:
-                if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            except BaseException as error:
+                tmp.unlink(missing_ok=True)
+                if not isinstance(error, OSError) or error.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 raise _disk_lost(
                     disk,
@@ -211,10 +222,14 @@ class LocalTarget:
         progress(total, total)
         return TargetResult(disk_uris=tuple(uris))
 
-    async def adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    async def adapt_os(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult:
         return await asyncio.to_thread(self._adapt_os, job, cancelled)
 
     def _adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+        # Reads the disks only: nothing to fence.
+        self.faults.delay(job, StepKind.ADAPTING_OS, cancelled)
         if cancelled.is_set():
             raise StepCancelledError()
         self.faults.apply(job, StepKind.ADAPTING_OS, cancelled)
@@ -238,10 +253,13 @@ class LocalTarget:
             disk_uris=job.result.disk_uris,
         )
 
-    async def instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
-        return await asyncio.to_thread(self._instantiate, job, cancelled)
+    async def instantiate(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult:
+        return await asyncio.to_thread(self._instantiate, job, cancelled, fence)
 
-    def _instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    def _instantiate(self, job: CloneJob, cancelled: threading.Event, fence: Fence) -> TargetResult:
+        self.faults.delay(job, StepKind.INSTANTIATING_MIGRATED_VM, cancelled)
         if cancelled.is_set():
             raise StepCancelledError()
         self.faults.apply(job, StepKind.INSTANTIATING_MIGRATED_VM, cancelled)
@@ -251,9 +269,10 @@ class LocalTarget:
         definition = self._definition(job, disks)
         body = json.dumps(definition, indent=2, sort_keys=True).encode()
         # Claim the instance name atomically: link() fails if the name is taken.
-        tmp = manifest_path.with_name(f".{manifest_path.name}.{_uid(job)}.tmp")
+        tmp = manifest_path.with_name(f".{manifest_path.name}.{_uid(job)}.e{fence.epoch}.tmp")
         _write_synced(tmp, body)
         try:
+            fence.check()
             os.link(tmp, manifest_path)
         except FileExistsError:
             if _owner(manifest_path) != job.name:
@@ -274,9 +293,13 @@ class LocalTarget:
                 ) from None
         finally:
             tmp.unlink(missing_ok=True)
-        xml_tmp = xml_path.with_name(f".{xml_path.name}.{_uid(job)}.tmp")
+        xml_tmp = xml_path.with_name(f".{xml_path.name}.{_uid(job)}.e{fence.epoch}.tmp")
         _write_synced(xml_tmp, self._domain_xml(job, disks))
-        os.replace(xml_tmp, xml_path)
+        try:
+            fence.check()
+            os.replace(xml_tmp, xml_path)
+        finally:
+            xml_tmp.unlink(missing_ok=True)
         _fsync_dir(manifest_path.parent)
         return job.result
 
@@ -348,13 +371,14 @@ class LocalTarget:
         disks = self._inside(zone, "disks")
         if disks.is_dir():
             prefix = f"{_disk_base(job)}-disk"
-            suffix = f"-{_uid(job)}.img"
+            uid = f"-{_uid(job)}."
             for path in disks.iterdir():
-                if path.name.startswith(prefix) and path.name.endswith(suffix):
+                name = path.name
+                if name.startswith(prefix) and uid in name and name.endswith((".img", ".tmp")):
                     path.unlink(missing_ok=True)
         if job.target.kind is TargetKind.VM:
             manifest_path, xml_path = self.instance_paths(job)
-            for tmp in manifest_path.parent.glob(f".*.{_uid(job)}.tmp"):
+            for tmp in manifest_path.parent.glob(f".*.{_uid(job)}.*tmp"):
                 tmp.unlink(missing_ok=True)
             # The XML first: while our manifest stands, no other job can own this name.
             if xml_path.exists() and _xml_owner(xml_path) == job.name:
@@ -425,6 +449,22 @@ def _disk_base(job: CloneJob) -> str:
 
 def _disk_stem(job: CloneJob, number: int) -> str:
     return f"{_disk_base(job)}-disk{number}-{_uid(job)}"
+
+
+def _epoch_path(disk: Path, epoch: int) -> Path:
+    """Where the runner of lease `epoch` copies `disk` before renaming it into place."""
+    return disk.with_name(f"{disk.stem}.e{epoch}.tmp")
+
+
+def _remove_older_epochs(disk: Path, epoch: int) -> None:
+    """Delete copies left by runners of earlier leases (dead, or woken too late).
+    A paused runner still writing to one writes to an unlinked file, and its
+    fenced check fails before it could rename it."""
+    prefix = f"{disk.stem}.e"
+    for path in disk.parent.glob(f"{disk.stem}.e*.tmp"):
+        number = path.name[len(prefix) : -len(".tmp")]
+        if number.isdigit() and int(number) < epoch:
+            path.unlink(missing_ok=True)
 
 
 def _write_synced(path: Path, body: bytes) -> None:

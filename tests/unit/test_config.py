@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from server import config as cfg
-from server.app import PAGE_TOKEN_KEY_BYTES, page_token_key
-from server.security import SecurityConfigError
+from server.app import PAGE_TOKEN_KEY_BYTES
+from server.store import SqliteJobStore, StoreError
+
+
+def page_token_key(data_dir: Path) -> bytes:
+    """The key of the SQLite store in `data_dir` (the default store keeps it there)."""
+
+    async def read() -> bytes:
+        store = SqliteJobStore(data_dir / "clonejob.db")
+        try:
+            return await store.page_token_key(PAGE_TOKEN_KEY_BYTES)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def parse(argv: list[str], env: dict[str, str]) -> cfg.Config:
@@ -59,5 +73,5 @@ def test_page_token_key_is_made_once_and_kept(tmp_path: Path) -> None:
 
 def test_page_token_key_refuses_a_short_key(tmp_path: Path) -> None:
     (tmp_path / "page-token.key").write_bytes(b"")  # as a crash mid-write could leave
-    with pytest.raises(SecurityConfigError, match="not a 32-byte key"):
+    with pytest.raises(StoreError, match="not a 32-byte key"):
         page_token_key(tmp_path)

@@ -43,7 +43,7 @@ from server.domain.job import (
 from server.domain.names import CloneJobName, MigratingVmName
 from server.engine import Engine, Heartbeat, Hub
 from server.store.sqlite import SqliteJobStore
-from server.targets.base import ProgressFn
+from server.targets.base import Fence, ProgressFn
 
 PARENT = "projects/p/locations/l/sources/s/migratingVms/vm"
 VM_PLAN = TargetKind.VM.steps
@@ -144,14 +144,18 @@ class FakeTarget:
         return "cycle-1"
 
     async def prepare_disks(
-        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult:
         return await self._step(job, StepKind.PREPARING_VM_DISKS, cancelled, progress)
 
-    async def adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    async def adapt_os(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult:
         return await self._step(job, StepKind.ADAPTING_OS, cancelled)
 
-    async def instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    async def instantiate(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult:
         return await self._step(job, StepKind.INSTANTIATING_MIGRATED_VM, cancelled)
 
     async def cleanup(self, job: CloneJob) -> None:

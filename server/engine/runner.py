@@ -1,0 +1,326 @@
+"""One job's runner: its steps, one after another, under a lease.
+
+The runner holds the job's lease for as long as it runs, renewing it every
+third of the TTL, and makes every write to the job fenced by the lease's
+epoch. When a renewal says the lease is gone — the process was paused past
+the TTL, or cut off from the database that long — the running step is stopped
+at once and nothing more is committed: the replica that claimed the job next
+owns it, its products included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from server.domain.errors import LeaseLostError, StepCancelledError, StepFailedError
+from server.domain.job import (
+    CloneJob,
+    ErrorCode,
+    JobError,
+    Progress,
+    State,
+    StepKind,
+    TargetResult,
+)
+from server.engine.changes import JobChanges
+from server.store.base import JobStore, Lease, StoreError
+from server.targets.base import Target
+
+log = logging.getLogger("clonejob.engine")
+
+# Progress commits per job are at most this often; state changes are never held back.
+PROGRESS_INTERVAL = 0.1
+CLEANUP_ATTEMPTS = 3
+# How long a fenced check from a step's thread waits for the store.
+FENCE_TIMEOUT = 10.0
+
+UNEXPECTED = JobError(
+    code=ErrorCode.INTERNAL, reason="ENGINE_ERROR", message="the job stopped unexpectedly"
+)
+
+
+class StoreFence:
+    """A lease's fence for the target's threads: `check` asks the store."""
+
+    def __init__(self, runner: Runner, loop: asyncio.AbstractEventLoop) -> None:
+        self._runner = runner
+        self._loop = loop
+
+    @property
+    def epoch(self) -> int:
+        return self._runner.epoch
+
+    def check(self) -> None:
+        runner = self._runner
+        if runner.lost:
+            raise LeaseLostError(runner.name)
+        future = asyncio.run_coroutine_threadsafe(
+            runner.store.holds(runner.name, runner.epoch), self._loop
+        )
+        try:
+            held = future.result(FENCE_TIMEOUT)
+        except Exception as error:  # unreachable store: the lease cannot be vouched for
+            raise LeaseLostError(runner.name) from error
+        if not held:
+            runner.lose("the fenced check found the lease gone")
+            raise LeaseLostError(runner.name)
+
+
+class Runner:
+    """Runs one leased job until it ends, the lease is lost, or the replica stops."""
+
+    def __init__(
+        self,
+        changes: JobChanges,
+        target: Target,
+        lease: Lease,
+        *,
+        ttl: float,
+    ) -> None:
+        self.changes = changes
+        self.store: JobStore = changes.store
+        self.target = target
+        self.name = lease.job.name
+        self.epoch = lease.epoch
+        self.ttl = ttl
+        # Set to stop the running step: cancel asked, lease lost, or shutdown.
+        self.cancelled = threading.Event()
+        self.lost = False
+        self._progress_task: asyncio.Task[None] | None = None
+        self._last_progress = 0.0
+        self._last_percent = -1
+        self._stopping = False
+
+    # -- what the worker and the change feed call --
+
+    def cancel_step(self) -> None:
+        """The job is CANCELLING: stop the running step promptly."""
+        self.cancelled.set()
+
+    def lose(self, why: str) -> None:
+        if not self.lost:
+            self.lost = True
+            log.warning("%s: lease epoch %d lost (%s); its step stops", self.name, self.epoch, why)
+        self.cancelled.set()
+
+    def stop(self) -> None:
+        """The replica stops: the step stops where it is; the next owner re-runs it."""
+        self._stopping = True
+        self.cancelled.set()
+
+    # -- running --
+
+    async def run(self) -> None:
+        renewal = asyncio.create_task(self._renew(), name=f"lease {self.name}")
+        try:
+            await self._run_job()
+        except LeaseLostError:
+            self.lose("a fenced write was refused")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self.lost:
+                return
+            # A bug or a store failure: end the job FAILED (cleaned up) rather than
+            # leave it running; if even that fails, the lease expires and another
+            # runner (or this one) takes it up again.
+            log.exception("job %s stopped unexpectedly", self.name)
+            try:
+                await self._finish(await self.changes.fresh(self.name), UNEXPECTED)
+            except Exception:
+                log.exception("job %s could not be ended; its lease will expire", self.name)
+        finally:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
+            if self._progress_task is not None:
+                await asyncio.gather(self._progress_task, return_exceptions=True)
+            if not self.lost:
+                # Given back at once (not left to expire): another worker may take it now.
+                try:
+                    await asyncio.shield(self.store.release(self.name, self.epoch))
+                except (StoreError, asyncio.CancelledError):
+                    pass  # it expires by itself
+
+    async def _renew(self) -> None:
+        interval = self.ttl / 3
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await self.store.renew(self.name, self.epoch, ttl=self.ttl)
+            except StoreError as error:
+                # The database clock decides; ours only says when we can no longer
+                # claim the lease was renewed in time.
+                if time.monotonic() - last_ok >= self.ttl:
+                    self.lose(f"no renewal for {self.ttl:g} s: {error}")
+                    return
+                continue
+            if not held:
+                self.lose("a renewal found it taken or expired")
+                return
+            last_ok = time.monotonic()
+
+    async def _change(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
+        if self.lost:
+            raise LeaseLostError(self.name)
+        return await self.changes.change(self.name, fn, epoch=self.epoch)
+
+    async def _advance(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
+        """A change of the running job; a cancelling or ended job is left as it is."""
+
+        def guarded(job: CloneJob) -> CloneJob:
+            if job.state is State.CANCELLING or job.state.terminal:
+                return job
+            return fn(job)
+
+        return await self._change(guarded)
+
+    async def _run_job(self) -> None:
+        job = await self.changes.fresh(self.name)
+        if job.state is State.CANCELLING:
+            await self._finish(job, None)
+            return
+        await self._steps()
+
+    async def _steps(self) -> None:
+        clock = self.changes.clock
+        while True:
+            if self.lost:
+                raise LeaseLostError(self.name)
+            job = await self.changes.get(self.name)
+            if job.state is State.CANCELLING:
+                await self._finish(job, None)
+                return
+            if job.state.terminal:
+                return
+            kind = job.next_step()
+            if kind is None:
+                await self._advance(lambda j: j.succeed(clock()))
+                continue
+            job = await self._advance(functools.partial(_start_step, kind, clock))
+            if job.state is State.CANCELLING or job.state.terminal:
+                continue
+            try:
+                result = await self._step(job, kind)
+            except StepCancelledError:
+                if self._stopping:
+                    return
+                continue
+            except StepFailedError as failure:
+                await self._finish(await self.changes.get(self.name), failure.error)
+                return
+            except OSError as error:
+                await self._finish(await self.changes.get(self.name), _io_error(kind, error))
+                return
+            if self._progress_task is not None:
+                await asyncio.gather(self._progress_task, return_exceptions=True)
+            await self._advance(functools.partial(_finish_step, result, clock))
+
+    async def _step(self, job: CloneJob, kind: StepKind) -> TargetResult:
+        loop = asyncio.get_running_loop()
+        fence = StoreFence(self, loop)
+        if kind is StepKind.PREPARING_VM_DISKS:
+
+            def progress(done: int, total: int) -> None:
+                loop.call_soon_threadsafe(self._progress, done, total)
+
+            return await self.target.prepare_disks(job, progress, self.cancelled, fence)
+        if kind is StepKind.ADAPTING_OS:
+            return await self.target.adapt_os(job, self.cancelled, fence)
+        return await self.target.instantiate(job, self.cancelled, fence)
+
+    def _progress(self, done: int, total: int) -> None:
+        if self._stopping or self.lost:
+            return  # a copy thread still reporting after stop: nothing more is committed
+        percent = 100 if total <= 0 else min(100, done * 100 // total)
+        now = time.monotonic()
+        if self._progress_task is not None and not self._progress_task.done():
+            return
+        if percent == self._last_percent or (
+            percent < 100 and now - self._last_progress < PROGRESS_INTERVAL
+        ):
+            return
+        self._last_progress, self._last_percent = now, percent
+        value = Progress(percent=percent, bytes_done=done, bytes_total=total)
+        clock = self.changes.clock
+
+        def apply(job: CloneJob) -> CloneJob:
+            if job.running_step is None or job.running_step.kind is not StepKind.PREPARING_VM_DISKS:
+                return job
+            return job.with_progress(value, clock())
+
+        self._progress_task = asyncio.create_task(self._progress_commit(apply))
+
+    async def _progress_commit(self, apply: Callable[[CloneJob], CloneJob]) -> None:
+        try:
+            await self._advance(apply)
+        except LeaseLostError:
+            self.lose("a fenced progress write was refused")
+        except StoreError as error:  # progress is best effort; the step's end is not
+            log.warning("%s: progress not committed: %s", self.name, error)
+
+    async def _finish(self, job: CloneJob, error: JobError | None) -> None:
+        """Delete what the job made, then end it CANCELLED (when asked) or FAILED.
+        Only the lease holder deletes: the fenced check comes first."""
+        if not await self.store.holds(self.name, self.epoch):
+            raise LeaseLostError(self.name)
+        cleanup_error: BaseException | None = None
+        for attempt in range(1, CLEANUP_ATTEMPTS + 1):
+            try:
+                await self.target.cleanup(job)
+                cleanup_error = None
+                break
+            except OSError as failure:
+                cleanup_error = failure
+                log.warning("cleanup of %s failed (attempt %d): %s", job.name, attempt, failure)
+        if cleanup_error is not None:
+            error = JobError(
+                code=ErrorCode.INTERNAL if error is None else error.code,
+                reason="CLEANUP_FAILED" if error is None else error.reason,
+                message=(error.message + "; " if error else "")
+                + f"deleting what the job created failed: {cleanup_error}",
+            )
+        clock = self.changes.clock
+
+        def end(current: CloneJob) -> CloneJob:
+            if current.state.terminal:
+                return current
+            now = clock()
+            if current.state is State.CANCELLING and cleanup_error is None:
+                return current.cancelled(now)
+            return current.fail(error or UNEXPECTED, now)
+
+        final = await self._change(end)
+        log.info("job %s ended %s", job.name, final.state.name)
+
+
+def _start_step(kind: StepKind, clock: Callable[[], Any], job: CloneJob) -> CloneJob:
+    return job.start_step(kind, clock())
+
+
+def _finish_step(result: TargetResult, clock: Callable[[], Any], job: CloneJob) -> CloneJob:
+    return job.finish_step(clock(), result)
+
+
+def _io_error(kind: StepKind, error: OSError) -> JobError:
+    step = kind.value.replace("_", " ")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return JobError(
+            code=ErrorCode.RESOURCE_EXHAUSTED,
+            reason="TARGET_STORAGE_FULL",
+            message=f"the target storage is full: no space left while {step}",
+            metadata={"step": kind.value},
+        )
+    return JobError(
+        code=ErrorCode.UNAVAILABLE,
+        reason="TARGET_IO_ERROR",
+        message=f"an I/O error stopped the job while {step}: {error.strerror or error}",
+        metadata={"step": kind.value},
+    )
