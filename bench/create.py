@@ -8,11 +8,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, loadgen, store_rates
+from bench import fixtures, loadgen, processes, store_rates
 from bench.figures import Figure, Run, cost_figures
-from bench.processes import ServerProcess, sample_vm
+from bench.processes import sample_vm
 from bench.profiles import profiled
 from server.domain.job import State
+from server.launcher import ServerProcess
 
 IN_FLIGHT = 64
 
@@ -20,7 +21,7 @@ IN_FLIGHT = 64
 def _spec(run: Run, server: ServerProcess, prefix: str) -> dict[str, Any]:
     return {
         "mode": "unary",
-        "target": server.target,
+        "target": server.address,
         "server_pid": server.pid,
         "method": "CreateCloneJob",
         "parent": fixtures.PARENT,
@@ -47,18 +48,18 @@ def run(run: Run) -> list[Figure]:
     sample_vm(data, fixtures.PARENT, disks=1, disk_size="1MiB")
     with fixtures.pinned(run.server_cpus):
         raw = store_rates.create_rate(work / "raw.db", duration=run.scale(3.0, 1.0))
-    with ServerProcess.real(data, workdir=work, cpus=run.server_cpus) as real:
-        job = fixtures.create(real.target, "probe")
+    with processes.real(data, workdir=work, cpus=run.server_cpus) as real:
+        job = fixtures.create(real.address, "probe")
         spec = _spec(run, real, "c-")
         with profiled(run, "create-real", real.pid, spec["warmup"] + spec["duration"]):
             real_result = loadgen.run(
                 spec, cpus=run.load_cpus, log=work / "loadgen.log", timeout=90
             )
-        backlog = real.rss()
+        backlog = processes.rss_bytes(real.pid)
     states = _states(data / "clonejob.db")
     message = work / "job.bin"
     message.write_bytes(job)
-    with ServerProcess.bare(message, workdir=work, cpus=run.server_cpus) as bare:
+    with processes.bare(message, workdir=work, cpus=run.server_cpus) as bare:
         spec = _spec(run, bare, "c-")
         with profiled(run, "create-bare", bare.pid, spec["warmup"] + spec["duration"]):
             bare_result = loadgen.run(

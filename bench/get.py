@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import fixtures, loadgen
+from bench import fixtures, loadgen, processes
 from bench.figures import Figure, Run, cost_figures
-from bench.processes import ServerProcess, sample_vm
+from bench.processes import sample_vm
 from bench.profiles import profiled
 from clonejob_grpc import clone_job_service_pb2
+from server.launcher import ServerProcess
 
 IN_FLIGHT = 64
 
@@ -16,7 +17,7 @@ IN_FLIGHT = 64
 def _spec(run: Run, server: ServerProcess, request: bytes) -> dict[str, Any]:
     return {
         "mode": "unary",
-        "target": server.target,
+        "target": server.address,
         "server_pid": server.pid,
         "method": "GetCloneJob",
         "request": request.hex(),
@@ -35,13 +36,13 @@ def run(run: Run) -> list[Figure]:
     rounds = run.scale(2, 1)
     real_results: list[dict[str, Any]] = []
     bare_results: list[dict[str, Any]] = []
-    with ServerProcess.real(data, workdir=work, cpus=run.server_cpus) as real:
-        fixtures.create(real.target, "get-1")
-        job = fixtures.wait_state(real.target, name, {fixtures.State.SUCCEEDED})
-        job = fixtures.get(real.target, name)
+    with processes.real(data, workdir=work, cpus=run.server_cpus) as real:
+        fixtures.create(real.address, "get-1")
+        job = fixtures.wait_state(real.address, name, {fixtures.State.SUCCEEDED})
+        job = fixtures.get(real.address, name)
         message = work / "job.bin"
         message.write_bytes(job)
-        with ServerProcess.bare(message, workdir=work, cpus=run.server_cpus) as bare:
+        with processes.bare(message, workdir=work, cpus=run.server_cpus) as bare:
             # Alternate, so that noise on the shared machine hits both alike.
             for n in range(rounds):
                 for server, results in ((bare, bare_results), (real, real_results)):

@@ -1,16 +1,19 @@
-"""Server processes for the benchmarks: the real one (`python -m server`) and the
-bare baseline, each pinned to the server core, with their RSS and a clean stop."""
+"""Server processes for the benchmarks, on server.launcher: the real one
+(`python -m server`) and the bare baseline, each pinned to the server core, with
+their RSS and a clean stop."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
+from typing import Any
+
+from server.launcher import ServerProcess, ServerStopError
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +45,6 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in `timeout` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
-
-
 def run_checked(argv: Sequence[str], *, timeout: float = 60.0) -> str:
     result = subprocess.run(
         list(argv), cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
@@ -73,120 +64,56 @@ def sample_vm(data_dir: Path, name: str, *, disks: int = 1, disk_size: str = "1M
     )  # fmt: skip
 
 
-class ServerProcess:
-    """A server started in its own process, serving on 127.0.0.1 at `port`.
+class BaselineServer(ServerProcess):
+    """The baseline: bench/baseline_server.py serving pre-built bytes, under the same harness."""
 
-    Use as a context manager: the process is always stopped (and killed if it
-    does not stop) on exit.
-    """
+    def __init__(self, message_file: Path, run_dir: Path) -> None:
+        super().__init__(message_file.parent, run_dir)
+        self.message_file = message_file
 
-    def __init__(self, argv: Sequence[str], *, workdir: Path, cpus: set[int] | None) -> None:
-        self.argv = list(argv)
-        self.workdir = workdir
-        self.cpus = cpus
-        self.port_file = workdir / f"port-{time.monotonic_ns()}"
-        self.log_path = workdir / f"{self.port_file.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @classmethod
-    def real(
-        cls,
-        data_dir: Path,
-        *,
-        workdir: Path,
-        cpus: set[int] | None,
-        extra: Sequence[str] = (),
-    ) -> ServerProcess:
-        """`python -m server --listen 127.0.0.1:0 --data-dir DIR --port-file F ...`."""
-        argv = [
-            PYTHON, "-m", "server", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-            "--shutdown-grace", "1", *extra,
+    def command(self) -> list[str]:
+        return [
+            PYTHON, "-m", "bench.baseline_server",
+            "--message-file", str(self.message_file), "--port-file", str(self.port_file),
         ]  # fmt: skip
-        return cls(argv, workdir=workdir, cpus=cpus)
 
-    @classmethod
-    def bare(cls, message_file: Path, *, workdir: Path, cpus: set[int] | None) -> ServerProcess:
-        """The baseline: bench/baseline_server.py serving pre-built bytes."""
-        argv = [PYTHON, "-m", "bench.baseline_server", "--message-file", str(message_file)]
-        return cls(argv, workdir=workdir, cpus=cpus)
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+@contextlib.contextmanager
+def serving(server: ServerProcess, cpus: set[int] | None) -> Iterator[ServerProcess]:
+    """`server` started and pinned to `cpus`; stopped (SIGTERM, else SIGKILL) on exit."""
+    try:
+        server.start(timeout=START_TIMEOUT)
+        # Every thread it has by now; the threads they start later inherit it.
+        pin(server.pid, cpus)
+        yield server
+    finally:
+        if server.process is not None:
+            with contextlib.suppress(ServerStopError):  # it was killed
+                server.stop(timeout=STOP_TIMEOUT)
+        server.close()
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
-    def rss(self) -> int:
-        return rss_bytes(self.pid)
+def real(
+    data_dir: Path, *, workdir: Path, cpus: set[int] | None, **options: Any
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """`with real(DIR, ...) as server:` the real server on DIR (options: server.launcher's)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="real-", dir=workdir))
+    return serving(ServerProcess(data_dir, run_dir, shutdown_grace=1, **options), cpus)
 
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+def bare(
+    message_file: Path, *, workdir: Path, cpus: set[int] | None
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """`with bare(FILE, ...) as server:` the baseline server replying with FILE's bytes."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bare-", dir=workdir))
+    return serving(BaselineServer(message_file, run_dir), cpus)
 
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [*self.argv, "--port-file", str(self.port_file)],
-                cwd=ROOT,
-                # A crash prints the Python stack of every thread into the log.
-                env=dict(os.environ, PYTHONFAULTHANDLER="1"),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        # Pinned at once, before the interpreter starts any thread of its own.
-        pin(self.proc.pid, self.cpus)
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{' '.join(self.argv)} exited with {self.proc.returncode}: {self.log()}"
-                    )
-                try:
-                    text = self.port_file.read_text().strip()
-                except FileNotFoundError:
-                    text = ""
-                if text:
-                    self.port = int(text)
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{' '.join(self.argv)} did not start: {self.log()}")
-                time.sleep(0.02)  # polling a file another process writes; bounded above
-            pin(self.proc.pid, self.cpus)  # and every thread it has started since
-        except BaseException:
-            self.close()
-            raise
 
-    def check_alive(self) -> None:
-        """Raise if the server process has died (a crash is a result, not noise)."""
-        assert self.proc is not None
-        code = self.proc.poll()
-        if code is not None:
-            raise RuntimeError(
-                f"server process exited with {code}"
-                f"{' (SIGSEGV)' if code == -11 else ''}; log tail:\n{self.log()}"
-            )
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except FileNotFoundError:
-            return ""
-
-    def close(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
+def check_alive(server: ServerProcess) -> None:
+    """Raise if the server process has died (a crash is a result, not noise)."""
+    code = None if server.process is None else server.process.poll()
+    if server.process is None or code is not None:
+        raise RuntimeError(
+            f"server process exited with {code}"
+            f"{' (SIGSEGV)' if code == -11 else ''}; log tail:\n{server.log_text()[-3000:]}"
+        )

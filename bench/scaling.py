@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, loadgen, store_rates
+from bench import fixtures, loadgen, processes, store_rates
 from bench.figures import Figure, Run
-from bench.processes import ServerProcess
 from clonejob_grpc import clone_job_service_pb2
 from server.domain.job import State, Step, StepKind
+from server.launcher import ServerProcess
 from server.store import SqliteJobStore, records
 
 BATCH = 5_000
@@ -112,7 +112,7 @@ def _measure(run: Run, server: ServerProcess, method: str, requests: list[bytes]
     return loadgen.run(
         {
             "mode": "latency",
-            "target": server.target,
+            "target": server.address,
             "method": method,
             "requests": [r.hex() for r in requests],
             "duration": run.scale(1.5, 0.7),
@@ -149,12 +149,12 @@ def run(run: Run) -> list[Figure]:
             for key, text in QUERIES.items()
         }
         log = work / "loadgen.log"
-        with ServerProcess.real(data, workdir=work, cpus=run.server_cpus) as server:
+        with processes.real(data, workdir=work, cpus=run.server_cpus) as server:
             out: dict[str, Any] = {"load_s": load_s}
             out["get"] = _measure(run, server, "GetCloneJob", gets, log)
             for key, requests in lists.items():
                 out[key] = _measure(run, server, "ListCloneJobs", requests, log)
-            server.check_alive()
+            processes.check_alive(server)
         results[count] = out
     run.details["scaling"] = {"sizes": sizes, "queries": QUERIES, "results": results}
     small, large = sizes[0], sizes[-1]

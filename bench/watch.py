@@ -13,12 +13,12 @@ time until every watcher saw its own job's CANCELLING.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from bench import fixtures, loadgen
+from bench import fixtures, loadgen, processes
 from bench.figures import Figure, Run
-from bench.processes import ServerProcess, sample_vm
+from bench.processes import sample_vm
+from server.launcher import ServerProcess
 
 PER_CHANNEL = 100
 
@@ -28,17 +28,17 @@ def _phase(
 ) -> dict[str, Any]:
     spec = {
         "mode": "watch",
-        "target": server.target,
+        "target": server.address,
         "names": names,
         "streams": streams,
         "per_channel": PER_CHANNEL,
         "open_timeout": 120.0,
         "event_timeout": 60.0,
     }
-    before = server.rss()
+    before = processes.rss_bytes(server.pid)
     with loadgen.LoadGenerator(spec, cpus=run.load_cpus, log=log) as gen:
         ready = gen.result(180)
-        after = server.rss()
+        after = processes.rss_bytes(server.pid)
         gen.go()
         result = gen.result(180)
     result["ready"] = ready
@@ -51,30 +51,29 @@ def _phase(
 
 def _phases(run: Run, server: ServerProcess, real: bool, sizes: dict[str, int]) -> dict[str, Any]:
     """The same three phases on either server; the real one needs its jobs made first."""
-    work = server.workdir
-    log = work / "loadgen.log"
+    log = server.run_dir / "loadgen.log"
     out: dict[str, Any] = {}
     for label, k in (("fan_max", sizes["fan_max"]), ("fan_1k", sizes["fan_1k"])):
         job_id = f"fan-{label.replace('_', '-')}"
         name = fixtures.job_name(job_id)
         if real:
-            fixtures.create(server.target, job_id, vm=True)
-            held = fixtures.wait_state(server.target, name, {fixtures.State.ADAPTING_OS})
+            fixtures.create(server.address, job_id, vm=True)
+            held = fixtures.wait_state(server.address, name, {fixtures.State.ADAPTING_OS})
             out.setdefault("held_job", held)
         out[label] = _phase(run, server, [name], k, log)
-        server.check_alive()
+        processes.check_alive(server)
         if real:  # free the one job slot for the next phase
-            fixtures.wait_state(server.target, name, {fixtures.State.CANCELLED})
+            fixtures.wait_state(server.address, name, {fixtures.State.CANCELLED})
     k = sizes["many"]
     ids = [f"many-{i}" for i in range(k)]
     if real:
-        fixtures.create(server.target, "fan-blocker", vm=True)
+        fixtures.create(server.address, "fan-blocker", vm=True)
         fixtures.wait_state(
-            server.target, fixtures.job_name("fan-blocker"), {fixtures.State.ADAPTING_OS}
+            server.address, fixtures.job_name("fan-blocker"), {fixtures.State.ADAPTING_OS}
         )
-        fixtures.create_many(server.target, ids)
+        fixtures.create_many(server.address, ids)
     out["many"] = _phase(run, server, [fixtures.job_name(i) for i in ids], k, log)
-    server.check_alive()
+    processes.check_alive(server)
     return out
 
 
@@ -82,20 +81,23 @@ def run(run: Run) -> list[Figure]:
     work = run.tmpdir("watch")
     data = work / "data"
     sample_vm(data, fixtures.PARENT, disks=1, disk_size="1MiB")
-    plan = work / "faults.json"
-    plan.write_text(json.dumps(fixtures.FAN_FAULT_PLAN))
     sizes = {
         "fan_max": run.scale(5000, 500),
         "fan_1k": run.scale(1000, 100),
         "many": run.scale(1000, 100),
     }
-    extra = ["--fault-plan", str(plan), "--max-concurrent-jobs", "1"]
-    with ServerProcess.real(data, workdir=work, cpus=run.server_cpus, extra=extra) as real:
+    with processes.real(
+        data,
+        workdir=work,
+        cpus=run.server_cpus,
+        fault_plan=fixtures.FAN_FAULT_PLAN["faults"],
+        max_concurrent_jobs=1,
+    ) as real:
         real_out = _phases(run, real, True, sizes)
     held: bytes = real_out.pop("held_job")
     message = work / "job.bin"
     message.write_bytes(held)
-    with ServerProcess.bare(message, workdir=work, cpus=run.server_cpus) as bare:
+    with processes.bare(message, workdir=work, cpus=run.server_cpus) as bare:
         bare_out = _phases(run, bare, False, sizes)
     run.details["watch"] = {
         "sizes": sizes,

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -406,47 +404,22 @@ def _demo(args: argparse.Namespace, out: Console) -> int:
 @contextmanager
 def _demo_server(data_dir: Path) -> Iterator[str]:
     """Run the server on a free port of 127.0.0.1; yields its address."""
-    port_file = data_dir / "port"
-    log_path = data_dir / "server.log"
-    command = [
-        sys.executable, "-m", "server",
-        "--listen", "127.0.0.1:0",
-        "--data-dir", str(data_dir),
-        "--port-file", str(port_file),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # Imported here: only the demo needs the server package.
+    from server.launcher import ServerProcess, ServerStartError, ServerStopError
+
+    server = ServerProcess(data_dir, data_dir)
     try:
-        yield f"127.0.0.1:{_wait_for_port(process, port_file, log_path)}"
+        try:
+            server.start(timeout=SERVER_START_TIMEOUT)
+        except ServerStartError as error:
+            raise DemoError(f"{error.reason}:\n{_tail(error.log)}") from None
+        yield server.address
     finally:
-        # SIGTERM is the graceful stop; kill only if it does not come back.
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(SERVER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path, log_path: Path) -> int:
-    # The server writes the port file atomically once it listens; poll for it
-    # (there is no other signal across processes) and for an early exit.
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if port_file.exists():
-            text = port_file.read_text().strip()
-            if text.isdigit():
-                return int(text)
-        if process.poll() is not None:
-            raise DemoError(
-                f"the server exited with code {process.returncode} before listening:\n"
-                + _tail(log_path)
-            )
-        time.sleep(0.05)
-    raise DemoError(
-        f"the server did not listen within {SERVER_START_TIMEOUT:.0f} s:\n" + _tail(log_path)
-    )
+        # SIGTERM is the graceful stop; the launcher kills it if it does not come back.
+        if server.process is not None:
+            with suppress(ServerStopError):
+                server.stop(timeout=SERVER_STOP_TIMEOUT)
+        server.close()
 
 
 def _sample_vm(data_dir: Path, out: Console) -> None:
@@ -457,11 +430,8 @@ def _sample_vm(data_dir: Path, out: Console) -> None:
     out.print(result.stdout.strip(), highlight=False, markup=False, soft_wrap=True)
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no server log)"
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:]) or "(no server output)"
 
 
 # --- output ------------------------------------------------------------------

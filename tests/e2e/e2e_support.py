@@ -1,14 +1,12 @@
 """Helpers of the end-to-end tests of `clonejob` and `clonejob-server`.
 
 Each command runs as a subprocess of its own, the way an operator runs it. The
-server under test is the integration tests' `Server` helper (a real
-`python -m server` process), loaded from tests/integration/conftest.py under a
-module name of its own so that it does not clash with this conftest.
+server under test is a `server.launcher.ServerProcess` (a real `python -m server`
+process), started by a `Fleet`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,31 +14,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from server.launcher import Fleet
+
 REPO = Path(__file__).resolve().parents[2]
-INTEGRATION = REPO / "tests" / "integration"
-if str(INTEGRATION) not in sys.path:
-    sys.path.insert(0, str(INTEGRATION))  # for clonejob_rpc, which the helper imports
-
-
-def _load_integration_conftest() -> ModuleType:
-    name = "_clonejob_integration_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, INTEGRATION / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_helper = _load_integration_conftest()
-Server = _helper.Server
-ServerPool = _helper.ServerPool
-write_sample_vm: Callable[..., Path] = _helper.write_sample_vm
+ServerPool = Fleet
 
 CLI_TIMEOUT = 60.0
 
@@ -109,3 +88,20 @@ def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def write_sample_vm(data_dir: Path, name: str, *, disks: int = 2, disk_size: str = "4MiB") -> None:
+    """`clonejob-server sample-vm NAME`: a completed replication cycle in `data_dir`."""
+    result = run(
+        CLONEJOB_SERVER,
+        "sample-vm",
+        name,
+        "--data-dir",
+        str(data_dir),
+        "--disks",
+        str(disks),
+        "--disk-size",
+        disk_size,
+        timeout=120,
+    )
+    assert result.returncode == 0, result

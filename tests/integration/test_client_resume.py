@@ -8,7 +8,6 @@ blocking Get retries through the restart.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import random
 import socket
@@ -16,7 +15,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from clonejob_rpc import ADAPTING, VM1, vm_body
 from client import BlockingCloneJobClient, CloneJobClient
 from client.retry import Backoff, RetryPolicy
 from clonejob_grpc.clone_job_pb2 import CloneJob
+from server.launcher import ServerProcess
 
 HOLD = [{"match": "cloneJobs/hold", "step": ADAPTING, "action": "hold"}]
 # Quicker than the default backoff (at most 5 s between tries), so that the test
@@ -37,41 +36,25 @@ PATIENT = RetryPolicy(backoff=Backoff(initial=0.05, maximum=0.5), attempts=40)
 END_TIMEOUT = 60.0
 
 
-def _helper() -> ModuleType:
-    """tests/integration/conftest.py under a name of its own (for its Server class)."""
-    name = "_clonejob_integration_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+class FixedPortServer(ServerProcess):
+    """A server that listens on the same port at every start."""
+
+    def __init__(self, data_dir: Path, run_dir: Path, *, port: int, **options: Any) -> None:
+        super().__init__(data_dir, run_dir, listen=f"127.0.0.1:{port}", **options)
+        self.fixed_port = port
+
+
 @pytest.fixture
 def fixed_port_server(
     data_dir: Path, sample_vm: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    """A Server (not yet started) that always listens on the same fixed port."""
-    server_class = _helper().Server
-
-    class FixedPortServer(server_class):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, port: int, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.fixed_port = port
-
-        def _args(self, port_file: Path) -> list[str]:
-            args: list[str] = super()._args(port_file)
-            args[args.index("--listen") + 1] = f"127.0.0.1:{self.fixed_port}"
-            return args
-
+    """A server (not yet started) that always listens on the same fixed port."""
     sample_vm(data_dir)
     server = FixedPortServer(
         data_dir, tmp_path_factory.mktemp("run"), port=free_port(), fault_plan=HOLD

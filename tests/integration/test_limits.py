@@ -52,32 +52,10 @@ RPC_TIMEOUT = 30.0
 SLOT_FREED_WITHIN = 5.0  # seconds for the server to notice a cancelled watch
 
 
-def limited_server(pool: ServerPool, data_dir: Path, **options: Any) -> Server:
-    """A server of the pool with the options conftest's Server does not pass on
-    (max_watches, metrics_listen)."""
-    from conftest import Server
-
-    extra = {k: options.pop(k) for k in ("max_watches", "metrics_listen") if k in options}
-
-    class LimitedServer(Server):
-        def _args(self, port_file: Path) -> list[str]:
-            args = super()._args(port_file)
-            for key, value in extra.items():
-                args += ["--" + key.replace("_", "-"), str(value)]
-            return args
-
-    run_dir = pool.run_dir / f"server{len(pool.servers)}"
-    run_dir.mkdir()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = LimitedServer(data_dir, run_dir, **options)
-    pool.servers.append(server)
-    return server.start()
-
-
 def metrics_url(server: Server) -> str | None:
-    """The /metrics address from the server's start line, if it serves metrics."""
-    found = re.search(r"metrics (http://\S+/metrics)", server.logs[-1].read_text())
-    return found.group(1) if found else None
+    """The /metrics address of the server, if it serves metrics."""
+    port = server.metrics_port
+    return None if port is None else f"http://127.0.0.1:{port}/metrics"
 
 
 def open_watch_streams(url: str) -> float:
@@ -138,8 +116,7 @@ def limits(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory)
     data_dir.mkdir()
     for vm in (VM1, VM2, VM3):
         write_sample_vm(data_dir, vm, disks=1, disk_size="1MiB")
-    server = limited_server(
-        module_servers,
+    server = module_servers.start(
         data_dir,
         fault_plan=HOLD,
         max_concurrent_jobs=1,
@@ -402,8 +379,7 @@ def single(servers: ServerPool, tmp_path: Path) -> Iterator[Limits]:
     from conftest import write_sample_vm
 
     write_sample_vm(tmp_path / "data", VM1, disks=1, disk_size="1MiB")
-    server = limited_server(
-        servers,
+    server = servers.start(
         tmp_path / "data",
         fault_plan=HOLD,
         max_watches=1,

@@ -3,8 +3,8 @@
 Most tests run `server.app.App` in the test's own event loop on 127.0.0.1:0
 with a metrics endpoint on port 0, and talk to it over real sockets: gRPC with
 the generated async stub, /metrics with plain HTTP (in a thread, as any
-blocking client must be here). The log test runs `python -m server` with
-`--log-format json` and reads its stderr.
+blocking client must be here). The log test runs `python -m server` (through
+server.launcher) with `--log-format json` and reads its log.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import asyncio
 import hashlib
 import json
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -48,9 +45,9 @@ from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
 from server.app import App
 from server.config import Config
 from server.domain.names import MigratingVmName
+from server.launcher import ServerProcess
 from server.targets.local import LocalTarget
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICE = "clonejob.v1.CloneJobService"
 STEPS = ("preparing_vm_disks", "adapting_os", "instantiating_migrated_vm")
 DISK_SIZE = 4 * MIB
@@ -408,25 +405,6 @@ async def test_reflection_lists_the_service_and_serves_a_dynamic_client(
 # -- structured logs --
 
 
-def start_process(data_dir: Path, run_dir: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = run_dir / "port"
-    command = [sys.executable, "-m", "server", "--listen", "127.0.0.1:0"]
-    command += ["--data-dir", str(data_dir), "--port-file", str(port_file), *args]
-    with (run_dir / "stderr").open("wb") as err:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=err, stderr=err
-        )
-    # Polling with a deadline is the one way to wait for another process to start.
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError((run_dir / "stderr").read_text())
-        time.sleep(0.02)
-    return process, int(port_file.read_text())
-
-
 def test_logs_json_one_line_per_rpc_and_no_token(tmp_path: Path) -> None:
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
     run_dir.mkdir()
@@ -437,19 +415,17 @@ def test_logs_json_one_line_per_rpc_and_no_token(tmp_path: Path) -> None:
     tokens_file.write_text(
         json.dumps({"tokens": [{"sha256": digest, "projects": ["p1"], "access": "write"}]})
     )
-    process, port = start_process(
+    server = ServerProcess(
         data_dir,
         run_dir,
-        "--log-format",
-        "json",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--tokens-file",
-        str(tokens_file),
+        tokens_file=tokens_file,
+        log_format="json",
+        metrics_listen="127.0.0.1:0",
     )
     try:
+        server.start()
         auth = (("authorization", f"Bearer {token}"),)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with server.channel() as channel:
             stub = spb_grpc.CloneJobServiceStub(channel)
             job = stub.CreateCloneJob(
                 spb.CreateCloneJobRequest(
@@ -475,13 +451,10 @@ def test_logs_json_one_line_per_rpc_and_no_token(tmp_path: Path) -> None:
             assert missing.code() == grpc.StatusCode.NOT_FOUND
             unauthenticated = rpc_error(get, stub, job.name)  # no token at all
             assert unauthenticated.code() == grpc.StatusCode.UNAUTHENTICATED
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert server.stop() == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    output = (run_dir / "stderr").read_text()
+        server.close()
+    output = server.log_path.read_text()
     assert token not in output
     assert "Bearer" not in output
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]

@@ -1,11 +1,10 @@
 """Who may call: TLS, mutual TLS, bearer tokens per project, and refusing exposure.
 
-Every server here is a real `python -m server` process, started by the small
-launcher below (the conftest `Server` helper listens on 127.0.0.1 in plaintext
-and checks readiness over an insecure channel, which a TLS server never
-answers). Certificates are made at test time by `certs.py`; tokens are random
-per run. The tests talk to the server through the generated stub and through
-the `clonejob` command line.
+Every server here is a real `python -m server` process of server.launcher,
+which checks readiness over TLS (with the test CA, and the client certificate
+for mutual TLS) when the server serves TLS. Certificates are made at test time
+by `certs.py`; tokens are random per run. The tests talk to the server through
+the generated stub and through the `clonejob` command line.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import certs
 import grpc
@@ -33,11 +31,13 @@ from grpc_status import rpc_status
 from clonejob_grpc import clone_job_pb2 as pb
 from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
+from server.launcher import ServerProcess, ServerStartError, TlsConfig
+
+if TYPE_CHECKING:
+    from conftest import ServerPool
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "clonejob.v1"
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 60.0
 RPC_TIMEOUT = 30.0
 # A refused configuration must be refused at once, not after binding or a timeout.
 REFUSE_TIMEOUT = 30.0
@@ -49,9 +49,7 @@ NOBODY_VM = "projects/nobody/locations/us-central1/sources/s/migratingVms/vm1"
 
 # Jobs whose id starts with hold- wait in preparing_vm_disks until cancelled, so
 # that they stay open for Watch and Cancel.
-HOLD_PLAN = {
-    "faults": [{"match": "cloneJobs/hold-", "step": "preparing_vm_disks", "action": "hold"}]
-}
+HOLDS = [{"match": "cloneJobs/hold-", "step": "preparing_vm_disks", "action": "hold"}]
 
 CLI = "import sys; from client.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -112,129 +110,50 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-class ServerProcess:
-    """`python -m server ARGS --port-file F`, its stderr and stdout in a log file."""
-
-    def __init__(self, run_dir: Path, args: Sequence[str], env: dict[str, str]) -> None:
-        self.run_dir = run_dir
-        self.log = run_dir / "server.log"
-        self.port_file = run_dir / "port"
-        self.args = [sys.executable, "-m", "server", *args, "--port-file", str(self.port_file)]
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.exit_note = ""
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> ServerProcess:
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                self.args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.env
-            )
-        # Polling with a deadline is the one way to wait for another process to start;
-        # the port file is written once the server serves and is healthy.
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.port_file.exists():
-            code = self.process.poll()
-            if code is not None:
-                self.process = None
-                raise AssertionError(f"server exited with {code} at start:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"no port after {START_TIMEOUT} s:\n{self.log_text()}")
-            time.sleep(0.02)
-        self.port = int(self.port_file.read_text())
-        return self
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code."""
-        assert self.process is not None, "not running"
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT)
-        finally:
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            code = self.process.poll()
-            if code is not None:
-                self.exit_note = f"(it had already exited with {code})"
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT)
-            self.process = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+def sample_data(fleet: ServerPool, *sample_vms: str) -> Path:
+    """A new data directory of the fleet's with these sample VMs."""
+    path = fleet.run_dir / f"data{len(list(fleet.run_dir.glob('data*')))}"
+    path.mkdir()
+    for name in sample_vms:
+        write_sample_vm(path, name)
+    return path
 
 
-class Launcher:
-    """Starts servers on their own data directories; kills and reports them at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.servers: list[ServerProcess] = []
-
-    def data_dir(self, *sample_vms: str) -> Path:
-        path = self.root / f"data{len(list(self.root.glob('data*')))}"
-        path.mkdir()
-        for name in sample_vms:
-            write_sample_vm(path, name)
-        return path
-
-    def start(
-        self,
-        *args: str,
-        listen: str = "127.0.0.1:0",
-        data_dir: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> ServerProcess:
-        run_dir = self.root / f"server{len(self.servers)}"
-        run_dir.mkdir()
-        data = data_dir or self.data_dir()
-        server = ServerProcess(
-            run_dir,
-            ["--listen", listen, "--data-dir", str(data), "--shutdown-grace", "2", *args],
-            env or clean_env(),
-        )
-        self.servers.append(server)
-        return server.start()
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.kill()
-            print(
-                f"--- {server.run_dir.name} {server.exit_note}: {server.log_text()}",
-                file=sys.stderr,
-            )
+def start(fleet: ServerPool, data_dir: Path | None = None, **options: Any) -> ServerProcess:
+    """A server of the fleet on `data_dir` (else a new empty one), with a 2 s shutdown grace."""
+    return fleet.start(data_dir or sample_data(fleet), shutdown_grace=2, **options)
 
 
-@pytest.fixture
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    launch = Launcher(tmp_path_factory.mktemp("security"))
-    yield launch
-    launch.close()
+def start_refused(
+    run_dir: Path, listen: str = "127.0.0.1:0", **options: Any
+) -> tuple[ServerStartError, ServerProcess]:
+    """A start on `run_dir/d` that must end by itself: the error (exit code and log)."""
+    server = ServerProcess(run_dir / "d", run_dir, listen=listen, **options)
+    try:
+        with pytest.raises(ServerStartError) as caught:
+            server.start(timeout=REFUSE_TIMEOUT)
+    finally:
+        server.close()  # if it served after all
+    return caught.value, server
 
 
-@pytest.fixture(scope="module")
-def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    launch = Launcher(tmp_path_factory.mktemp("security-module"))
-    yield launch
-    launch.close()
+def server_tls(pki: certs.Pki, *, mutual: bool = False) -> TlsConfig:
+    """The server's certificate; with `mutual`, client certificates of the CA required."""
+    if not mutual:
+        return TlsConfig(cert=pki.server_cert, key=pki.server_key, ca=pki.ca)
+    return TlsConfig(
+        cert=pki.server_cert,
+        key=pki.server_key,
+        ca=pki.ca,
+        client_ca=pki.ca,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+    )
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> certs.Pki:
     return certs.make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def write_plan(directory: Path) -> Path:
-    path = directory / "holds.json"
-    path.write_text(json.dumps(HOLD_PLAN))
-    return path
 
 
 # -- channels and calls -----------------------------------------------------------
@@ -377,17 +296,9 @@ class TlsServer:
 
 
 @pytest.fixture(scope="module")
-def tls_server(module_launcher: Launcher, pki: certs.Pki) -> Iterator[TlsServer]:
-    data = module_launcher.data_dir(ACME_VM)
-    server = module_launcher.start(
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-        "--fault-plan",
-        str(write_plan(data)),
-        data_dir=data,
-    )
+def tls_server(module_servers: ServerPool, pki: certs.Pki) -> Iterator[TlsServer]:
+    data = sample_data(module_servers, ACME_VM)
+    server = start(module_servers, data, tls=server_tls(pki), fault_plan=HOLDS)
     with tls_channel(server.address, tls_credentials(pki)) as channel:
         job = create(Stub(channel), ACME_VM, "hold-tls")
     yield TlsServer(server, job.name)
@@ -395,15 +306,9 @@ def tls_server(module_launcher: Launcher, pki: certs.Pki) -> Iterator[TlsServer]
 
 
 @pytest.fixture(scope="module")
-def mtls_server(module_launcher: Launcher, pki: certs.Pki) -> Iterator[ServerProcess]:
-    server = module_launcher.start(
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-        "--tls-client-ca",
-        str(pki.ca),
-        data_dir=module_launcher.data_dir(ACME_VM),
+def mtls_server(module_servers: ServerPool, pki: certs.Pki) -> Iterator[ServerProcess]:
+    server = start(
+        module_servers, sample_data(module_servers, ACME_VM), tls=server_tls(pki, mutual=True)
     )
     yield server
     server.stop()
@@ -540,12 +445,10 @@ def test_incomplete_tls_configuration_is_refused(
         "client_ca": ("--tls-client-ca", str(pki.ca)),
     }
     args = [a for f in files for a in flags[f]]
-    done = run_server_command(
-        "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"), *args, timeout=REFUSE_TIMEOUT
-    )
-    assert done.returncode == 2, done.stderr
-    assert "--tls" in done.stderr or "TLS" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    done, _ = start_refused(tmp_path, extra_args=args)
+    assert done.returncode == 2, done.log
+    assert "--tls" in done.log or "TLS" in done.log, done.log
+    assert "Traceback" not in done.log
 
 
 # -- tokens -------------------------------------------------------------------------
@@ -559,7 +462,7 @@ class TokenServer:
     acme_job: str  # a held job in ACME_VM, created with the `acme` write token
 
     def stub_channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.server.address)
+        return self.server.channel()
 
 
 TOKEN_GRANTS = {
@@ -585,18 +488,16 @@ def new_tokens() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def token_server(module_launcher: Launcher) -> Iterator[TokenServer]:
-    data = module_launcher.data_dir(ACME_VM, OTHER_VM)
+def token_server(module_servers: ServerPool) -> Iterator[TokenServer]:
+    data = sample_data(module_servers, ACME_VM, OTHER_VM)
     tokens = new_tokens()
     digests = {role: hashlib.sha256(t.encode()).hexdigest() for role, t in tokens.items()}
-    server = module_launcher.start(
-        "--tokens-file",
-        str(tokens_file(data, digests)),
-        "--fault-plan",
-        str(write_plan(data)),
-        "--log-level",
-        "DEBUG",
-        data_dir=data,
+    server = start(
+        module_servers,
+        data,
+        tokens_file=tokens_file(data, digests),
+        fault_plan=HOLDS,
+        log_level="DEBUG",
     )
     with grpc.insecure_channel(server.address) as channel:
         stub = Stub(channel)
@@ -826,23 +727,18 @@ def test_cli_sends_the_token_from_flag_and_environment(token_server: TokenServer
 
 
 def test_tokens_file_made_with_hash_token_works_and_no_token_is_logged(
-    launcher: Launcher, pki: certs.Pki
+    servers: ServerPool, pki: certs.Pki
 ) -> None:
-    data = launcher.data_dir(ACME_VM, OTHER_VM)
+    data = sample_data(servers, ACME_VM, OTHER_VM)
     tokens = new_tokens()
     digests = {role: hash_token(token) for role, token in tokens.items()}
-    server = launcher.start(
-        "--tokens-file",
-        str(tokens_file(data, digests)),
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-        "--log-level",
-        "DEBUG",
-        "--fault-plan",
-        str(write_plan(data)),
-        data_dir=data,
+    server = start(
+        servers,
+        data,
+        tokens_file=tokens_file(data, digests),
+        tls=server_tls(pki),
+        log_level="DEBUG",
+        fault_plan=HOLDS,
     )
     with tls_channel(server.address, tls_credentials(pki)) as channel:
         stub = Stub(channel)
@@ -888,80 +784,57 @@ def test_tokens_file_made_with_hash_token_works_and_no_token_is_logged(
 def test_invalid_tokens_file_is_refused_at_start(tmp_path: Path, content: str, why: str) -> None:
     path = tmp_path / "tokens.json"
     path.write_text(content)
-    done = run_server_command(
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--tokens-file",
-        str(path),
-        timeout=REFUSE_TIMEOUT,
-    )
-    assert done.returncode == 2, done.stderr
-    assert str(path) in done.stderr
-    assert why in done.stderr
-    assert "Traceback" not in done.stderr
+    done, _ = start_refused(tmp_path, tokens_file=path)
+    assert done.returncode == 2, done.log
+    assert str(path) in done.log
+    assert why in done.log
+    assert "Traceback" not in done.log
 
 
 # -- exposure -----------------------------------------------------------------------
 
 
-def refused(
-    tmp_path: Path, listen: str, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    port_file = tmp_path / "port"
-    start = time.monotonic()
-    done = run_server_command(
-        "--listen",
-        listen,
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--port-file",
-        str(port_file),
-        *args,
-        env=env,
-        timeout=REFUSE_TIMEOUT,
-    )
-    assert done.returncode != 0, done.stderr
-    assert time.monotonic() - start < REFUSE_TIMEOUT
-    assert not port_file.exists()
-    assert "Traceback" not in done.stderr
-    assert "--insecure" in done.stderr
+def refused(tmp_path: Path, listen: str, **options: Any) -> ServerStartError:
+    started = time.monotonic()
+    done, server = start_refused(tmp_path, listen, **options)
+    assert done.returncode not in (None, 0), done.log  # None: it neither exited nor served
+    assert time.monotonic() - started < REFUSE_TIMEOUT
+    assert not server.port_file.exists()
+    assert "Traceback" not in done.log
+    assert "--insecure" in done.log
     return done
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0"])
 def test_open_server_beyond_loopback_is_refused(tmp_path: Path, listen: str) -> None:
     done = refused(tmp_path, listen)
-    assert "TLS" in done.stderr
-    assert "token" in done.stderr
+    assert "TLS" in done.log
+    assert "token" in done.log
 
 
 def test_open_server_beyond_loopback_from_environment_is_refused(tmp_path: Path) -> None:
-    done = refused(tmp_path, "0.0.0.0:0", env=clean_env(CLONEJOB_LISTEN="0.0.0.0:0"))
-    assert "TLS" in done.stderr and "token" in done.stderr
+    done = refused(tmp_path, "0.0.0.0:0", env={"CLONEJOB_LISTEN": "0.0.0.0:0"})
+    assert "TLS" in done.log and "token" in done.log
 
 
 def test_tls_without_tokens_beyond_loopback_is_refused(tmp_path: Path, pki: certs.Pki) -> None:
-    done = refused(
-        tmp_path, "0.0.0.0:0", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)
-    )
-    assert "token" in done.stderr
+    done = refused(tmp_path, "0.0.0.0:0", tls=server_tls(pki))
+    assert "token" in done.log
 
 
 def test_tokens_without_tls_beyond_loopback_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     tokens_file(tmp_path, {role: "0" * 64 for role in TOKEN_GRANTS})
-    done = refused(tmp_path, "0.0.0.0:0", "--tokens-file", str(path))
-    assert "TLS" in done.stderr
+    done = refused(tmp_path, "0.0.0.0:0", tokens_file=path)
+    assert "TLS" in done.log
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
-def test_insecure_allows_an_open_server_beyond_loopback(launcher: Launcher, how: str) -> None:
+def test_insecure_allows_an_open_server_beyond_loopback(servers: ServerPool, how: str) -> None:
     if how == "flag":
-        server = launcher.start("--insecure", listen="0.0.0.0:0")
+        server = start(servers, insecure=True, listen="0.0.0.0:0")
     else:
-        server = launcher.start(listen="0.0.0.0:0", env=clean_env(CLONEJOB_INSECURE="1"))
+        server = start(servers, listen="0.0.0.0:0", env={"CLONEJOB_INSECURE": "1"})
     with grpc.insecure_channel(server.address) as channel:
         expect(
             grpc.StatusCode.NOT_FOUND,
@@ -973,19 +846,18 @@ def test_insecure_allows_an_open_server_beyond_loopback(launcher: Launcher, how:
     assert server.stop() == 0
 
 
-def test_tls_and_tokens_allow_listening_beyond_loopback(launcher: Launcher, pki: certs.Pki) -> None:
-    data = launcher.data_dir(ACME_VM)
+def test_tls_and_tokens_allow_listening_beyond_loopback(
+    servers: ServerPool, pki: certs.Pki
+) -> None:
+    data = sample_data(servers, ACME_VM)
     tokens = new_tokens()
     digests = {role: hashlib.sha256(t.encode()).hexdigest() for role, t in tokens.items()}
-    server = launcher.start(
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-        "--tokens-file",
-        str(tokens_file(data, digests)),
+    server = start(
+        servers,
+        data,
+        tls=server_tls(pki),
+        tokens_file=tokens_file(data, digests),
         listen="0.0.0.0:0",
-        data_dir=data,
     )
     with tls_channel(server.address, tls_credentials(pki)) as channel:
         stub = Stub(channel)
@@ -1002,9 +874,9 @@ def test_tls_and_tokens_allow_listening_beyond_loopback(launcher: Launcher, pki:
     [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "[::1]"), ("localhost:0", "localhost")],
 )
 def test_loopback_needs_neither_tls_nor_tokens(
-    launcher: Launcher, listen: str, connect: str
+    servers: ServerPool, listen: str, connect: str
 ) -> None:
-    server = launcher.start(listen=listen)
+    server = start(servers, listen=listen)
     with grpc.insecure_channel(f"{connect}:{server.port}") as channel:
         expect(
             grpc.StatusCode.NOT_FOUND,
@@ -1068,20 +940,7 @@ def test_unusable_tls_files_are_refused_at_start(
     else:
         cert = tmp_path / "garbage.pem"
         cert.write_text("not a certificate\n")
-    port_file = tmp_path / "port"
-    done = run_server_command(
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--port-file",
-        str(port_file),
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-        timeout=REFUSE_TIMEOUT,
-    )
-    assert done.returncode == 2, done.stderr
-    assert not port_file.exists()
-    assert "Traceback" not in done.stderr
+    done, server = start_refused(tmp_path, tls=TlsConfig(cert=cert, key=key, ca=pki.ca))
+    assert done.returncode == 2, done.log
+    assert not server.port_file.exists()
+    assert "Traceback" not in done.log

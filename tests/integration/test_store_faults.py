@@ -7,12 +7,11 @@ import fcntl
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from clonejob_rpc import (
     create,
     disks_body,
@@ -21,58 +20,56 @@ from clonejob_rpc import (
     stream_error,
     watch,
 )
-from conftest import REPO, Server, ServerPool
+from conftest import Server, ServerPool
 
-START_TIMEOUT = 60
-
-
-def start_fails(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    """Run the server on `data_dir`; it must exit by itself, non-zero."""
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    return done
+from server.launcher import ServerStartError
 
 
-def test_store_corrupt_database_stops_the_server_and_is_left_alone(data_dir: Path) -> None:
+def start_fails(servers: ServerPool, data_dir: Path) -> ServerStartError:
+    """Start a server on `data_dir`; it must exit by itself, with 2."""
+    with pytest.raises(ServerStartError) as caught:
+        servers.start(data_dir)
+    assert caught.value.returncode == 2, (caught.value.returncode, caught.value.log)
+    return caught.value
+
+
+def test_store_corrupt_database_stops_the_server_and_is_left_alone(
+    servers: ServerPool, data_dir: Path
+) -> None:
     database = data_dir / "clonejob.db"
     garbage = random.Random(3).randbytes(32 * 1024)
     database.write_bytes(garbage)
 
-    done = start_fails(data_dir)
+    failed = start_fails(servers, data_dir)
 
-    assert "corrupt" in done.stderr and str(database) in done.stderr
+    assert "corrupt" in failed.log and str(database) in failed.log
     assert database.read_bytes() == garbage  # never reset
 
 
-def test_store_newer_schema_stops_the_server(data_dir: Path) -> None:
+def test_store_newer_schema_stops_the_server(servers: ServerPool, data_dir: Path) -> None:
     database = data_dir / "clonejob.db"
     with sqlite3.connect(database) as conn:
         conn.execute("PRAGMA user_version = 999")
     conn.close()
 
-    done = start_fails(data_dir)
+    failed = start_fails(servers, data_dir)
 
-    assert "newer" in done.stderr
+    assert "newer" in failed.log
     with sqlite3.connect(database) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 999
     conn.close()
 
 
-def test_store_in_use_by_another_server_stops_the_second(data_dir: Path) -> None:
+def test_store_in_use_by_another_server_stops_the_second(
+    servers: ServerPool, data_dir: Path
+) -> None:
     lock = os.open(data_dir / "clonejob.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running server holds it
-        done = start_fails(data_dir)
+        failed = start_fails(servers, data_dir)
     finally:
         os.close(lock)
-    assert "in use by another clonejob-server" in done.stderr
+    assert "in use by another clonejob-server" in failed.log
 
 
 def test_store_resume_from_a_compacted_revision_is_out_of_range(
