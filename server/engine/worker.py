@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from server.engine.runner import Runner
@@ -144,17 +144,22 @@ class Worker:
 
     def _run(self, lease: Lease, *, in_slot: bool) -> None:
         name = lease.job.name
-        if self._stopping or name in self._runners:
-            # Ours already (a claim raced a release): give the new lease back.
+        if self._stopping:
             task = asyncio.ensure_future(self._give_back(lease))
             self._giving_back.add(task)
             task.add_done_callback(self._giving_back.discard)
             return
+        # A runner of an older lease of ours may still be winding down (it lost its
+        # lease, which expired, and this claim took the job again): the new one starts
+        # once the old one has ended, so the two never run a step at once.
+        before = self._tasks.get(name)
         runner = self._runners[name] = self._make_runner(lease)
         if in_slot:
             self._in_slots.add(name)
         log.info("running %s under lease epoch %d", name, lease.epoch)
-        task = self._tasks[name] = asyncio.create_task(runner.run(), name=f"job {name}")
+        task = self._tasks[name] = asyncio.create_task(
+            _after(before, runner.run()), name=f"job {name}"
+        )
 
         def done(t: asyncio.Task[None]) -> None:
             if self._runners.get(name) is runner:
@@ -169,7 +174,19 @@ class Worker:
         task.add_done_callback(done)
 
     async def _give_back(self, lease: Lease) -> None:
+        """Release a lease claimed while stopping."""
         try:
             await self.store.release(lease.job.name, lease.epoch)
         except StoreError:
             pass  # it expires by itself
+
+
+async def _after(before: asyncio.Task[None] | None, work: Coroutine[Any, Any, None]) -> None:
+    if before is not None:
+        try:
+            await asyncio.shield(before)
+        except BaseException:
+            if not before.done():  # we were cancelled, not it
+                work.close()
+                raise
+    await work

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -269,6 +270,9 @@ class LocalTarget:
         definition = self._definition(job, disks)
         body = json.dumps(definition, indent=2, sort_keys=True).encode()
         # Claim the instance name atomically: link() fails if the name is taken.
+        folder = manifest_path.parent
+        for path in (manifest_path, xml_path):
+            _remove_older_epoch_files(folder, f".{path.name}.{_uid(job)}.e", fence.epoch)
         tmp = manifest_path.with_name(f".{manifest_path.name}.{_uid(job)}.e{fence.epoch}.tmp")
         _write_synced(tmp, body)
         try:
@@ -457,11 +461,15 @@ def _epoch_path(disk: Path, epoch: int) -> Path:
 
 
 def _remove_older_epochs(disk: Path, epoch: int) -> None:
-    """Delete copies left by runners of earlier leases (dead, or woken too late).
-    A paused runner still writing to one writes to an unlinked file, and its
-    fenced check fails before it could rename it."""
-    prefix = f"{disk.stem}.e"
-    for path in disk.parent.glob(f"{disk.stem}.e*.tmp"):
+    """Delete the copies of `disk` left by runners of earlier leases."""
+    _remove_older_epoch_files(disk.parent, f"{disk.stem}.e", epoch)
+
+
+def _remove_older_epoch_files(folder: Path, prefix: str, epoch: int) -> None:
+    """Delete `{prefix}{n}.tmp` for every n < `epoch`: what runners of earlier leases
+    (killed, or woken too late) left. A paused runner still writing to one writes to
+    an unlinked file, and its fenced check fails before it could rename it."""
+    for path in folder.glob(f"{glob.escape(prefix)}*.tmp"):
         number = path.name[len(prefix) : -len(".tmp")]
         if number.isdigit() and int(number) < epoch:
             path.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from server.domain.errors import (
     JobExistsError,
     JobFinishedError,
     JobNotFoundError,
+    LeaseLostError,
     RequestIdReusedError,
     RevisionOutOfRangeError,
     StepCancelledError,
@@ -42,6 +43,7 @@ from server.domain.job import (
 )
 from server.domain.names import CloneJobName, MigratingVmName
 from server.engine import Engine, Heartbeat, Hub
+from server.store.base import ClaimResult, StoreError
 from server.store.sqlite import SqliteJobStore
 from server.targets.base import Fence, ProgressFn
 
@@ -71,11 +73,28 @@ async def within(awaitable: Awaitable[Any]) -> Any:
 
 
 class HookedStore(SqliteJobStore):
-    """The SQLite store, with a hook the test can run inside oldest_revision()."""
+    """The SQLite store, with a hook the test can run inside oldest_revision(), and
+    lease renewals the test can hold back (as a paused or cut-off replica's are)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.on_oldest_revision: Callable[[], Awaitable[None]] | None = None
+        self.renewals_held = False
+        self.renewals: list[tuple[str, int]] = []
+        self.claims_only_for: str | None = None
+
+    async def claim(
+        self, owner: str, *, limit: int, ttl: float, cancelling: bool = False
+    ) -> ClaimResult:
+        if self.claims_only_for not in (None, owner):
+            return ClaimResult(leases=[])
+        return await super().claim(owner, limit=limit, ttl=ttl, cancelling=cancelling)
+
+    async def renew(self, name: str, epoch: int, *, ttl: float) -> bool:
+        self.renewals.append((name, epoch))
+        if self.renewals_held:
+            raise StoreError("renewals held by the test")
+        return await super().renew(name, epoch, ttl=ttl)
 
     async def oldest_revision(self, name: str) -> int:
         hook, self.on_oldest_revision = self.on_oldest_revision, None
@@ -108,6 +127,9 @@ class FakeTarget:
         )
         self._gates: defaultdict[tuple[str, StepKind], asyncio.Event] = defaultdict(asyncio.Event)
         self._cleanup_started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._cancel_seen_events: defaultdict[tuple[str, StepKind], asyncio.Event] = (
+            defaultdict(asyncio.Event)
+        )
         self._cleanup_gates: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         # Threads that wait for a job's `cancelled` event, as a real copy would.
         self._pool = ThreadPoolExecutor(64, thread_name_prefix="fake-target")
@@ -119,6 +141,10 @@ class FakeTarget:
     async def started(self, name: str, kind: StepKind, attempt: int = 1) -> None:
         """Wait until `kind` of `name` has started for the `attempt`-th time."""
         await within(self._started[(name, kind, attempt)].wait())
+
+    async def step_cancelled(self, name: str, kind: StepKind) -> None:
+        """Wait until a blocked `kind` of `name` has been stopped by its `cancelled`."""
+        await within(self._cancel_seen_events[(name, kind)].wait())
 
     def release(self, name: str, kind: StepKind) -> None:
         self._gates[(name, kind)].set()
@@ -200,6 +226,7 @@ class FakeTarget:
                 opened.cancel()
             if not gate.is_set():
                 self.cancel_seen.append(key)
+                self._cancel_seen_events[key].set()
                 raise StepCancelledError()
         return RESULTS[kind]
 
@@ -931,7 +958,7 @@ async def test_engine_create_whose_caller_goes_away_still_runs_the_job(
 async def test_engine_unexpected_step_error_ends_the_job_failed(
     engine: Engine, target: FakeTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    async def broken(job: CloneJob, cancelled: threading.Event, fence: Fence) -> TargetResult:
         raise ZeroDivisionError("a bug in a target")
 
     monkeypatch.setattr(target, "adapt_os", broken)
@@ -942,3 +969,99 @@ async def test_engine_unexpected_step_error_ends_the_job_failed(
     assert done.state is State.FAILED
     assert done.error is not None and done.error.reason == "ENGINE_ERROR"
     assert target.cleanup_calls == [job.name]
+
+
+# -- leases --
+
+
+async def lease_engine(store: HookedStore, target: FakeTarget, ttl: float) -> Engine:
+    engine = Engine(store, target, lease_ttl=ttl)
+    await engine.start()
+    return engine
+
+
+async def test_engine_runner_renews_its_lease_while_the_step_runs(
+    store: HookedStore, target: FakeTarget
+) -> None:
+    engine = await lease_engine(store, target, ttl=0.3)
+    try:
+        job = await create(engine, "renewed")
+        await target.started(job.name, StepKind.PREPARING_VM_DISKS)
+        await asyncio.sleep(1.0)  # more than three TTLs: the behaviour under test is time
+        assert len(store.renewals) >= 3
+        assert await store.holds(job.name, 1)
+        assert (await store.claim("thief", limit=1, ttl=10)).leases == []
+        for kind in VM_PLAN:
+            await target.started(job.name, kind)
+            target.release(job.name, kind)
+        assert (await final(engine, job.name)).state is State.SUCCEEDED
+        assert not await store.holds(job.name, 1)  # released with the terminal commit
+    finally:
+        await engine.stop()
+
+
+async def test_engine_lost_lease_stops_the_step_and_commits_nothing_more(
+    store: HookedStore, target: FakeTarget
+) -> None:
+    engine = await lease_engine(store, target, ttl=0.4)
+    try:
+        job = await create(engine, "fenced")
+        await target.started(job.name, StepKind.PREPARING_VM_DISKS)
+        before = await store.get(job.name)
+        assert before is not None
+        store.renewals_held = True  # cut off, as a paused replica is
+        store.claims_only_for = "thief"  # another replica takes it, not this one
+        stolen = None
+        for _ in range(100):
+            await asyncio.sleep(0.05)  # polling the lease's expiry, which is time itself
+            result = await store.claim("thief", limit=1, ttl=30)
+            if result.leases:
+                stolen = result.leases[0]
+                break
+        assert stolen is not None and stolen.epoch == 2
+        # The runner finds out (its renewals failed for a whole TTL) and stops its step.
+        await target.step_cancelled(job.name, StepKind.PREPARING_VM_DISKS)
+        target.release(job.name, StepKind.PREPARING_VM_DISKS)
+        await asyncio.sleep(0.3)  # room for a wrong write to happen
+        assert await store.get(job.name) == before
+        assert [j.revision for j in await store.revisions(job.name, after=0)] == list(
+            range(1, before.revision + 1)
+        )
+        assert target.cleanup_calls == []  # the products are the new owner's now
+        assert await store.holds(job.name, 2)
+        # A write fenced with the old epoch is refused by the store itself.
+        with pytest.raises(LeaseLostError):
+            await store.update(
+                before.with_progress(Progress(percent=50), before.state_time),
+                expected_revision=before.revision,
+                epoch=1,
+            )
+    finally:
+        store.renewals_held = False
+        store.claims_only_for = None
+        await engine.stop()
+
+
+async def test_engine_cancel_reaches_a_job_held_by_another_owner_only_through_the_store(
+    store: HookedStore, target: FakeTarget
+) -> None:
+    """An API-only engine (no slots) takes a Cancel; the job is finished by whoever
+    claims it next: here, a worker engine started after."""
+    api = Engine(store, target, max_concurrent_jobs=0)
+    await api.start()
+    try:
+        job = await create(api, "api-only")
+        await asyncio.sleep(0.2)  # an API-only engine runs nothing: nothing may start
+        assert target.steps_of(job.name) == []
+        assert (await api.cancel(job.name)).state is State.CANCELLING
+        worker = await lease_engine(store, target, ttl=5)
+        try:
+            done = await final(worker, job.name)
+        finally:
+            await worker.stop()
+        assert done.state is State.CANCELLED
+        assert target.steps_of(job.name) == []
+        assert target.cleanup_calls == [job.name]
+    finally:
+        await api.stop()
+
