@@ -69,12 +69,16 @@ class JobChanges:
     # -- reads --
 
     async def get(self, name: str) -> CloneJob:
-        """The job as last committed, as far as this replica knows; JobNotFoundError."""
+        """The job as last committed; JobNotFoundError. Served from the cache when
+        this server is the store's only writer, or when the store's revision says the
+        cached copy is current (other replicas write too: the change feed keeps the
+        cache up to date, but a read must not wait for its announcement)."""
         if self.cache_enabled:
             job = self._current.get(name)
             if job is not None:
                 self._current.move_to_end(name)
-                return job
+                if self.store.exclusive or await self.store.revision(name) == job.revision:
+                    return job
         return await self.fresh(name)
 
     async def fresh(self, name: str) -> CloneJob:

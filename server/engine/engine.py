@@ -132,6 +132,9 @@ class Engine:
                 return self._same_request(request_id, request_hash, existing)
         existing = await self.store.get(str(name))
         if existing is not None:
+            if request_id and existing.request_id == request_id:
+                # The same request, committed by another replica since the lookup above.
+                return self._same_request(request_id, request_hash, existing)
             raise JobExistsError(self.changes.remember(existing))
         cycle = await self.target.latest_cycle(name.parent)
         job = CloneJob.new(

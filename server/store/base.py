@@ -87,6 +87,10 @@ class ChangeListener(Protocol):
 class JobStore(Protocol):
     """Every write commits durably before it returns."""
 
+    # True when this server is the store's only writer (SQLite's lock file): what it
+    # cached of a job stays right without asking the store again.
+    exclusive: bool
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -110,6 +114,10 @@ class JobStore(Protocol):
     async def get(self, name: str) -> CloneJob | None: ...
 
     async def get_by_request_id(self, request_id: str) -> CloneJob | None: ...
+
+    async def revision(self, name: str) -> int | None:
+        """The job's current revision, None when there is no such job: a cheap
+        check of a copy kept in memory."""
 
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
         """Up to `query.limit` jobs of the parent matching the query, in its order."""

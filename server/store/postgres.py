@@ -250,6 +250,9 @@ class PostgresJobStore:
         if pool is not None:
             await pool.close()
 
+    # Other replicas write too.
+    exclusive = False
+
     def describe(self) -> str:
         return f"postgresql://{self._where}"
 
@@ -534,6 +537,10 @@ class PostgresJobStore:
 
     async def get(self, name: str) -> CloneJob | None:
         return await self._record("SELECT record FROM clone_jobs WHERE name = %s", (name,))
+
+    async def revision(self, name: str) -> int | None:
+        rows = await self._rows("SELECT revision FROM clone_jobs WHERE name = %s", (name,))
+        return int(rows[0][0]) if rows else None
 
     async def get_by_request_id(self, request_id: str) -> CloneJob | None:
         return await self._record(

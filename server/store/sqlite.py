@@ -200,6 +200,9 @@ class SqliteJobStore:
         except sqlite3.Error as error:  # disk full, I/O error, …: the store is unavailable
             raise StoreError(f"{self.path}: {self._explain(error)}") from error
 
+    # The lock file keeps every other server off this database.
+    exclusive = True
+
     def describe(self) -> str:
         return str(self.path)
 
@@ -443,6 +446,17 @@ class SqliteJobStore:
 
     async def get(self, name: str) -> CloneJob | None:
         return await self._one("SELECT record FROM clone_jobs WHERE name = ?", (name,))
+
+    async def revision(self, name: str) -> int | None:
+        def read() -> int | None:
+            row = (
+                self._r()
+                .execute("SELECT revision FROM clone_jobs WHERE name = ?", (name,))
+                .fetchone()
+            )
+            return None if row is None else int(row[0])
+
+        return await self._run(self._reader, read)
 
     async def get_by_request_id(self, request_id: str) -> CloneJob | None:
         return await self._one("SELECT record FROM clone_jobs WHERE request_id = ?", (request_id,))

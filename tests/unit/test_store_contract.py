@@ -1091,7 +1091,7 @@ async def terminate(url: str, application_name: str) -> int:
         application_name,
     )
     pids = [row[0] for row in rows]
-    await admin_execute(url, "SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", pids)
+    await admin_execute(url, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", pids)
     for _ in range(1000):  # a backend exits a moment after it is told to
         if not await admin_execute(url, "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", pids):
             break
