@@ -68,16 +68,23 @@ class JobChanges:
 
     # -- reads --
 
-    async def get(self, name: str) -> CloneJob:
+    async def get(self, name: str, *, check: bool = True) -> CloneJob:
         """The job as last committed; JobNotFoundError. Served from the cache when
-        this server is the store's only writer, or when the store's revision says the
-        cached copy is current (other replicas write too: the change feed keeps the
-        cache up to date, but a read must not wait for its announcement)."""
+        this server is the store's only writer, when the job has ended (nothing
+        changes it again), or when the store's revision says the cached copy is
+        current (other replicas write too: the change feed keeps the cache up to
+        date, but a read must not wait for its announcement). `check=False` trusts
+        the cache, for a caller whose writes are checked by revision anyway."""
         if self.cache_enabled:
             job = self._current.get(name)
             if job is not None:
                 self._current.move_to_end(name)
-                if self.store.exclusive or await self.store.revision(name) == job.revision:
+                if (
+                    not check
+                    or self.store.exclusive
+                    or job.state.terminal
+                    or await self.store.revision(name) == job.revision
+                ):
                     return job
         return await self.fresh(name)
 
@@ -102,6 +109,9 @@ class JobChanges:
         if len(self._current) > CACHED_JOBS:
             self._current.popitem(last=False)
         return job
+
+    def forget(self, name: str) -> None:
+        self._current.pop(name, None)
 
     def forget_all(self) -> None:
         self._current.clear()
@@ -152,7 +162,9 @@ class JobChanges:
             lock = self._locks[name] = asyncio.Lock()
         try:
             async with lock:  # one change at a time per job in this replica
-                job = await self.get(name)
+                # A runner's write is fenced and checked by revision: its cached copy
+                # needs no check first (a stale one fails the write and is re-read).
+                job = await self.get(name, check=epoch is None)
                 for _ in range(CHANGE_ATTEMPTS):
                     new = fn(job)
                     if new is job:

@@ -43,6 +43,10 @@ from server.targets.base import Target
 log = logging.getLogger("clonejob.engine")
 
 DEFAULT_LEASE_TTL = 15.0
+# The lease of a store this server writes alone (SQLite, behind its lock file): no
+# other replica can take a job over, so a lease lasts as long as the process (the
+# store clears leases at open) and is never renewed — no commit every TTL/3.
+EXCLUSIVE_LEASE_TTL = 10 * 365 * 86_400.0
 
 
 def utcnow() -> datetime:
@@ -68,6 +72,8 @@ class Engine:
         self.hub = hub or Hub()
         self._clock = clock
         self.changes = JobChanges(store, self.hub, clock=clock, observers=observers)
+        if store.exclusive:
+            lease_ttl = EXCLUSIVE_LEASE_TTL
         self.worker = Worker(
             store, self._runner, slots=max_concurrent_jobs, ttl=lease_ttl, owner=owner
         )
@@ -79,7 +85,13 @@ class Engine:
 
     def _runner(self, lease: Lease) -> Runner:
         self.changes.remember(lease.job)
-        return Runner(self.changes, self.target, lease, ttl=self._lease_ttl)
+        return Runner(
+            self.changes,
+            self.target,
+            lease,
+            ttl=self._lease_ttl,
+            renew=not self.store.exclusive,
+        )
 
     # -- lifecycle --
 

@@ -59,7 +59,9 @@ class ChangeFeed:
         known = self._changes.cached(name)
         if known is not None and known.revision >= revision:
             return  # committed here, or already read
-        if known is None and not self._cares(name):
+        if not self._cares(name):
+            # Only cached: drop the stale copy rather than read a job no one follows.
+            self._changes.forget(name)
             return
         self._enqueue(name)
 

@@ -83,6 +83,7 @@ class Runner:
         lease: Lease,
         *,
         ttl: float,
+        renew: bool = True,
     ) -> None:
         self.changes = changes
         self.store: JobStore = changes.store
@@ -97,6 +98,8 @@ class Runner:
         self._last_progress = 0.0
         self._last_percent = -1
         self._stopping = False
+        self._renew_lease = renew
+        self._ended = False  # a terminal commit: it released the lease itself
 
     # -- what the worker and the change feed call --
 
@@ -119,6 +122,8 @@ class Runner:
 
     async def run(self) -> None:
         renewal = asyncio.create_task(self._renew(), name=f"lease {self.name}")
+        if not self._renew_lease:
+            renewal.cancel()
         try:
             await self._run_job()
         except LeaseLostError:
@@ -141,7 +146,7 @@ class Runner:
             await asyncio.gather(renewal, return_exceptions=True)
             if self._progress_task is not None:
                 await asyncio.gather(self._progress_task, return_exceptions=True)
-            if not self.lost:
+            if not self.lost and not self._ended:
                 # Given back at once (not left to expire): another worker may take it now.
                 try:
                     await asyncio.shield(self.store.release(self.name, self.epoch))
@@ -170,7 +175,10 @@ class Runner:
     async def _change(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         if self.lost:
             raise LeaseLostError(self.name)
-        return await self.changes.change(self.name, fn, epoch=self.epoch)
+        job = await self.changes.change(self.name, fn, epoch=self.epoch)
+        if job.state.terminal:
+            self._ended = True
+        return job
 
     async def _advance(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         """A change of the running job; a cancelling or ended job is left as it is."""
@@ -194,7 +202,9 @@ class Runner:
         while True:
             if self.lost:
                 raise LeaseLostError(self.name)
-            job = await self.changes.get(self.name)
+            # The cached copy, unchecked: a change it misses (a Cancel from another
+            # replica) fails this runner's next write, which then re-reads the job.
+            job = await self.changes.get(self.name, check=False)
             if job.state is State.CANCELLING:
                 await self._finish(job, None)
                 return

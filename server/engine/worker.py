@@ -114,7 +114,9 @@ class Worker:
 
     async def _claim_delay(self) -> float:
         """Claim once; the seconds to wait before the next claim."""
-        delay = POLL_INTERVAL
+        # A claim that lost a race for a job sees neither that job nor its new
+        # lease's expiry: with a TTL shorter than the poll, poll once a TTL.
+        delay = min(POLL_INTERVAL, self.ttl)
         cancelling = await self.store.claim(self.owner, limit=64, ttl=self.ttl, cancelling=True)
         self._start(cancelling.leases, in_slot=False)
         free = self.free_slots

@@ -975,6 +975,9 @@ async def test_engine_unexpected_step_error_ends_the_job_failed(
 
 
 async def lease_engine(store: HookedStore, target: FakeTarget, ttl: float) -> Engine:
+    """An engine that treats the store as shared (other replicas could claim its
+    jobs), so that its leases expire and are renewed as on PostgreSQL."""
+    store.exclusive = False
     engine = Engine(store, target, lease_ttl=ttl)
     await engine.start()
     return engine
