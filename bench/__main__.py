@@ -17,11 +17,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.figures import BENCHMARKS, Figure, Run, cpu_plan
+from bench.figures import BENCHMARKS, OPTIONAL, Figure, Run, cpu_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# "memory" is measured during the watch run, so both names run the watch module.
-MODULES = {"memory": "watch"}
+# "memory" is measured during the watch run, so both names run the watch module;
+# bench/pg_drivers.py is a program of its own, whose figures another module reports.
+MODULES = {"memory": "watch", "pg_drivers": "pg_driver_figures"}
 
 
 def machine() -> dict[str, Any]:
@@ -101,13 +102,14 @@ def table(figures: list[Figure]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a much smaller run (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="a much smaller run")
     parser.add_argument(
         "--only",
         action="append",
         default=[],
         metavar="NAME",
-        help=f"run only these benchmarks (repeat or comma-separate): {', '.join(BENCHMARKS)}",
+        help="run only these benchmarks (repeat or comma-separate):"
+        f" {', '.join(BENCHMARKS)}; or, never run unless named, {', '.join(OPTIONAL)}",
     )
     parser.add_argument(
         "--profile",
@@ -119,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     chosen = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in BENCHMARKS]
+    known = BENCHMARKS + OPTIONAL
+    unknown = [n for n in chosen if n not in known]
     if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(known)}")
     modules: list[str] = []
-    for name in BENCHMARKS:
+    for name in known:
         module = MODULES.get(name, name)
-        if (not chosen or name in chosen) and module not in modules:
+        wanted = name in chosen if chosen else name not in OPTIONAL
+        if wanted and module not in modules:
             modules.append(module)
 
     info = machine()

@@ -16,7 +16,7 @@ from server.domain.job import CloneJob, State, TargetResult
 from server.domain.names import CloneJobName, MigratingVmName
 from server.engine import Engine
 from server.store import SqliteJobStore
-from server.targets.base import ProgressFn
+from server.targets.base import Fence, ProgressFn
 
 
 class NoIoTarget:
@@ -26,14 +26,18 @@ class NoIoTarget:
         return "1"
 
     async def prepare_disks(
-        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event
+        self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult:
         return TargetResult(disk_uris=((0, f"projects/bench/zones/z/disks/{job.target.vm_name}"),))
 
-    async def adapt_os(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    async def adapt_os(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult:
         return TargetResult(boot_option="EFI", license_type="NONE", disk_uris=job.result.disk_uris)
 
-    async def instantiate(self, job: CloneJob, cancelled: threading.Event) -> TargetResult:
+    async def instantiate(
+        self, job: CloneJob, cancelled: threading.Event, fence: Fence
+    ) -> TargetResult:
         return job.result
 
     async def cleanup(self, job: CloneJob) -> None:
@@ -101,6 +105,8 @@ def run(run: Run) -> list[Figure]:
         raw = store_rates.update_rate(work / "raw.db", duration=run.scale(3.0, 1.0))
         result = asyncio.run(_engine_run(work / "engine.db", jobs, limit=120.0))
     run.details["engine"] = {"engine": result, "raw_store_updates": raw}
+    if result["succeeded"] != jobs:  # a rate of failing jobs is no figure
+        raise RuntimeError(f"{result['succeeded']}/{jobs} jobs SUCCEEDED: {result['states']}")
     per_job = result["commits_per_job"] or 0
     note = (
         f"{result['jobs_per_s']:.0f} jobs/s end to end ({jobs} VM jobs, create -> SUCCEEDED,"

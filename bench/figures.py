@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 # Every benchmark, in the order `python -m bench` runs them.
-BENCHMARKS = ("get", "create", "watch", "memory", "engine", "disk", "scaling")
+BENCHMARKS = (
+    "get", "create", "watch", "memory", "engine", "disk", "scaling",
+    # Several replicas on one PostgreSQL ($CLONEJOB_BENCH_POSTGRES, see bench/postgres.py).
+    "pg_store", "replica_watch", "takeover", "throughput",
+)  # fmt: skip
+# Run only when named with --only.
+OPTIONAL = ("pg_drivers",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

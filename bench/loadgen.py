@@ -11,7 +11,9 @@ Child side, by `spec["mode"]`:
 - `latency`: one call at a time, cycling through `requests`; latency percentiles.
 - `watch`: open `streams` watches (one channel per `per_channel` streams), wait
   for every first message, answer `ready`; on `go`, call Cancel on every name and
-  time until each stream received its next message.
+  time until each stream received its next message. Cancel goes to
+  `cancel_target` when given (another replica), else to `target`; with
+  `return_delays` the answer carries every stream's delay.
 
 Requests and replies stay bytes on the client (no protobuf parsing in the loop),
 so the client costs the same against the real and the bare server.
@@ -284,7 +286,9 @@ async def watch(spec: dict[str, Any]) -> dict[str, Any]:
         grpc.aio.insecure_channel(spec["target"], options=CHANNEL_OPTIONS)
         for _ in range(max(1, math.ceil(streams / per_channel)))
     ]
-    control = grpc.aio.insecure_channel(spec["target"], options=CHANNEL_OPTIONS)
+    control = grpc.aio.insecure_channel(
+        spec.get("cancel_target") or spec["target"], options=CHANNEL_OPTIONS
+    )
     ready = asyncio.Event()
     all_received = asyncio.Event()
     opened = failed = received = lost = 0
@@ -388,7 +392,9 @@ async def watch(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait(tasks, timeout=spec.get("drain_timeout", 30.0))
         states = Counter(_state(m) for m in events)
         delays = [t - t0 for t in received_at]
+        extra = {"delays_s": delays} if spec.get("return_delays") else {}
         return {
+            **extra,
             "event": "result",
             "opened": opened,
             "received": received,

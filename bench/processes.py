@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,32 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of `pids` so far (from /proc/PID/stat); a process
+    that is gone is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every core (from /proc/stat):
+    what everyone on it used, not only the benchmark."""
+    with open("/proc/stat") as f:
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        values = [int(v) for v in f.readline().split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
 
 
 def run_checked(argv: Sequence[str], *, timeout: float = 60.0) -> str:
@@ -99,6 +126,48 @@ def real(
     """`with real(DIR, ...) as server:` the real server on DIR (options: server.launcher's)."""
     run_dir = Path(tempfile.mkdtemp(prefix="real-", dir=workdir))
     return serving(ServerProcess(data_dir, run_dir, shutdown_grace=1, **options), cpus)
+
+
+@contextlib.contextmanager
+def replicas(
+    count: int,
+    data_dir: Path,
+    *,
+    store: str,
+    workdir: Path,
+    cpus: set[int] | None,
+    **options: Any,
+) -> Iterator[list[ServerProcess]]:
+    """`with replicas(N, DIR, store=URL, ...) as servers:` N real servers on one store and
+    one data directory, each on its own port, started together and pinned to `cpus`;
+    stopped on exit (SIGTERM, else SIGKILL), a killed one left as it is."""
+    servers = [
+        ServerProcess(
+            data_dir,
+            Path(tempfile.mkdtemp(prefix="real-", dir=workdir)),
+            shutdown_grace=1,
+            store=store,
+            **options,
+        )
+        for _ in range(count)
+    ]
+
+    def stop(server: ServerProcess) -> None:
+        if server.process is not None:
+            with contextlib.suppress(ServerStopError):  # it was killed
+                server.stop(timeout=STOP_TIMEOUT)
+        server.close()
+
+    try:
+        # Together: each start is mostly its own imports and connections.
+        with ThreadPoolExecutor(max(1, count)) as pool:
+            list(pool.map(lambda server: server.start(timeout=START_TIMEOUT), servers))
+        for server in servers:
+            pin(server.pid, cpus)
+        yield servers
+    finally:
+        with ThreadPoolExecutor(max(1, count)) as pool:
+            list(pool.map(stop, servers))
 
 
 def bare(
