@@ -322,15 +322,7 @@ class PostgresJobStore:
                 " ON CONFLICT DO NOTHING RETURNING name, revision, record)"
                 " INSERT INTO clone_job_revisions (name, revision, record)"
                 " SELECT name, revision, record FROM new",
-                (
-                    job.name,
-                    job.name.rpartition("/cloneJobs/")[0],
-                    job.request_id or None,
-                    int(job.state),
-                    records.to_us(job.create_time),
-                    job.revision,
-                    record,
-                ),
+                records.insert_values(job, record),
             )
             if cursor.rowcount == 1:
                 return

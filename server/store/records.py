@@ -84,6 +84,20 @@ def dump(job: CloneJob) -> str:
     return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
 
+def insert_values(job: CloneJob, record: str) -> tuple[Any, ...]:
+    """The clone_jobs row of a new job, in the order (name, parent, request_id,
+    state, create_time_us, revision, record), as both stores insert it."""
+    return (
+        job.name,
+        job.name.rpartition("/cloneJobs/")[0],
+        job.request_id or None,
+        int(job.state),
+        to_us(job.create_time),
+        job.revision,
+        record,
+    )
+
+
 def load(text: str) -> CloneJob:
     r = json.loads(text)
     t = r["target"]

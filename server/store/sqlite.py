@@ -278,15 +278,7 @@ class SqliteJobStore:
             conn.execute(
                 "INSERT INTO clone_jobs (name, parent, request_id, state, create_time_us,"
                 " revision, record) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.name,
-                    job.name.rpartition("/cloneJobs/")[0],
-                    job.request_id or None,
-                    int(job.state),
-                    records.to_us(job.create_time),
-                    job.revision,
-                    record,
-                ),
+                records.insert_values(job, record),
             )
         except sqlite3.IntegrityError:
             row = conn.execute(
