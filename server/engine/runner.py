@@ -124,10 +124,23 @@ class Runner:
         renewal = asyncio.create_task(self._renew(), name=f"lease {self.name}")
         if not self._renew_lease:
             renewal.cancel()
+        why = "the job ended"
         try:
             await self._run_job()
         except LeaseLostError:
             self.lose("a fenced write was refused")
+        except StoreError as error:
+            why = "the store failed"
+            # The store could not be reached (a cut connection, a restart): the job is
+            # not at fault. This runner stops; the lease is given back (or expires) and
+            # the job is claimed again, here or elsewhere, re-running the step.
+            self.cancelled.set()
+            log.warning(
+                "%s: the store failed under lease epoch %d (%s); the job will be taken up again",
+                self.name,
+                self.epoch,
+                error,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -152,6 +165,11 @@ class Runner:
                     await asyncio.shield(self.store.release(self.name, self.epoch))
                 except (StoreError, asyncio.CancelledError):
                     pass  # it expires by itself
+            if self.lost:
+                why = "lease lost"
+            elif self._stopping:
+                why = "the replica stops"
+            log.info("%s: runner of lease epoch %d ended (%s)", self.name, self.epoch, why)
 
     async def _renew(self) -> None:
         interval = self.ttl / 3
@@ -234,6 +252,33 @@ class Runner:
             await self._advance(functools.partial(_finish_step, result, clock))
 
     async def _step(self, job: CloneJob, kind: StepKind) -> TargetResult:
+        """Run `kind` in the target, with a log line at its start and its end (the
+        chaos test reads them to check that no step runs under two leases at once)."""
+        log.info("%s: step %s started under lease epoch %d", self.name, kind.value, self.epoch)
+        outcome = "failed"
+        try:
+            result = await self._target_step(job, kind)
+            outcome = "done"
+            return result
+        except StepCancelledError:
+            outcome = "stopped" if self._stopping else "lost" if self.lost else "cancelled"
+            raise
+        except LeaseLostError:
+            outcome = "lost"
+            raise
+        except asyncio.CancelledError:
+            outcome = "stopped"  # the replica stops; the step's thread ends on `cancelled`
+            raise
+        finally:
+            log.info(
+                "%s: step %s ended under lease epoch %d (%s)",
+                self.name,
+                kind.value,
+                self.epoch,
+                outcome,
+            )
+
+    async def _target_step(self, job: CloneJob, kind: StepKind) -> TargetResult:
         loop = asyncio.get_running_loop()
         fence = StoreFence(self, loop)
         if kind is StepKind.PREPARING_VM_DISKS:

@@ -133,13 +133,21 @@ class PostgresJobStore:
         self._settings = self._connection_settings()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout
-        conn = await self._connect(APPLICATION_NAME, deadline)
-        try:
-            await self._migrate(conn)
-        except psycopg.Error as error:
-            raise self._error(error) from error
-        finally:
-            await conn.close()
+        while True:
+            conn = await self._connect(APPLICATION_NAME, deadline)
+            try:
+                await self._migrate(conn)
+                break
+            except psycopg.OperationalError as error:
+                # Cut off mid-way (a restart, pg_terminate_backend): the migration's
+                # transaction rolled back; try again while the deadline allows.
+                if loop.time() >= deadline:
+                    raise self._error(error) from error
+            except psycopg.Error as error:
+                raise self._error(error) from error
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.2)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.url,
             kwargs={**self._settings, "application_name": self._application(APPLICATION_NAME)},
