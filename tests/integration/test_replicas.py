@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -401,3 +402,21 @@ def test_replicas_rpc_error_names_job_on_every_replica(
     for server in fleet:
         error = rpc_error(get, server.stub(), missing)
         assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_replicas_job_counts_in_metrics_are_the_fleets(
+    servers: ServerPool, shared_dir: Path, store_url: str
+) -> None:
+    runner = replicas(servers, 1, shared_dir, store_url, metrics_listen="127.0.0.1:0")[0]
+    api = replicas(
+        servers, 1, shared_dir, store_url, max_concurrent_jobs=0, metrics_listen="127.0.0.1:0"
+    )[0]
+    names = [create(runner.stub(), f"count-{i}", vm_body(f"count-{i}")).name for i in range(3)]
+    for name in names:
+        read_to_end(watch(api.stub(), name))
+    for server in (runner, api):  # the API-only replica ran none of them, and still counts them
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10
+        ).read().decode()
+        assert 'clonejob_jobs{state="SUCCEEDED"} 3.0' in text, text
+        assert 'clonejob_jobs{state="PENDING"} 0.0' in text
