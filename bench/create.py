@@ -12,8 +12,8 @@ from bench import fixtures, loadgen, processes, store_rates
 from bench.figures import Figure, Run, cost_figures
 from bench.processes import sample_vm
 from bench.profiles import profiled
+from client.launcher import ServerProcess
 from server.domain.job import State
-from server.launcher import ServerProcess
 
 IN_FLIGHT = 64
 

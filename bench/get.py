@@ -8,8 +8,8 @@ from bench import fixtures, loadgen, processes
 from bench.figures import Figure, Run, cost_figures
 from bench.processes import sample_vm
 from bench.profiles import profiled
+from client.launcher import ServerProcess
 from clonejob_grpc import clone_job_service_pb2
-from server.launcher import ServerProcess
 
 IN_FLIGHT = 64
 

@@ -26,8 +26,8 @@ from typing import Any
 from bench import fixtures, loadgen, postgres, processes
 from bench.figures import Figure, Run, cost_figures
 from bench.processes import sample_vm
+from client.launcher import ServerProcess
 from clonejob_grpc import clone_job_service_pb2
-from server.launcher import ServerProcess
 
 IN_FLIGHT = 64
 STORES = ("sqlite", "postgres")

@@ -1,4 +1,4 @@
-"""Server processes for the benchmarks, on server.launcher: the real one
+"""Server processes for the benchmarks, on client.launcher: the real one
 (`python -m server`) and the bare baseline, each pinned to the server core, with
 their RSS and a clean stop."""
 
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from server.launcher import ServerProcess, ServerStopError
+from client.launcher import ServerProcess, ServerStopError
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def serving(server: ServerProcess, cpus: set[int] | None) -> Iterator[ServerProc
 def real(
     data_dir: Path, *, workdir: Path, cpus: set[int] | None, **options: Any
 ) -> contextlib.AbstractContextManager[ServerProcess]:
-    """`with real(DIR, ...) as server:` the real server on DIR (options: server.launcher's)."""
+    """`with real(DIR, ...) as server:` the real server on DIR (options: client.launcher's)."""
     run_dir = Path(tempfile.mkdtemp(prefix="real-", dir=workdir))
     return serving(ServerProcess(data_dir, run_dir, shutdown_grace=1, **options), cpus)
 

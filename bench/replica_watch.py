@@ -22,7 +22,7 @@ from typing import Any
 from bench import fixtures, loadgen, postgres, processes
 from bench.figures import Figure, Run, percentile
 from bench.processes import sample_vm
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 PER_CHANNEL = 100
 SIDES = ("same", "cross")

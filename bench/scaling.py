@@ -21,9 +21,9 @@ from typing import Any
 
 from bench import fixtures, loadgen, processes, store_rates
 from bench.figures import Figure, Run
+from client.launcher import ServerProcess
 from clonejob_grpc import clone_job_service_pb2
 from server.domain.job import State, Step, StepKind
-from server.launcher import ServerProcess
 from server.store import SqliteJobStore, records
 
 BATCH = 5_000

@@ -22,7 +22,7 @@ from typing import Any
 from bench import fixtures, postgres, processes
 from bench.figures import Figure, Run
 from bench.processes import sample_vm
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 TTL = 2.0
 REPLICAS = 3

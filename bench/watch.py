@@ -18,7 +18,7 @@ from typing import Any
 from bench import fixtures, loadgen, processes
 from bench.figures import Figure, Run
 from bench.processes import sample_vm
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 PER_CHANNEL = 100
 

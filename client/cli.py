@@ -405,7 +405,7 @@ def _demo(args: argparse.Namespace, out: Console) -> int:
 def _demo_server(data_dir: Path) -> Iterator[str]:
     """Run the server on a free port of 127.0.0.1; yields its address."""
     # Imported here: only the demo needs the server package.
-    from server.launcher import ServerProcess, ServerStartError, ServerStopError
+    from client.launcher import ServerProcess, ServerStartError, ServerStopError
 
     server = ServerProcess(data_dir, data_dir)
     try:

@@ -29,7 +29,7 @@ from conftest import write_sample_vm  # noqa: E402
 from test_chaos import chaos_seed, close_quietly, run_chaos  # noqa: E402
 from test_crash import write_sample_vms  # noqa: E402
 
-from server.launcher import Fleet  # noqa: E402
+from client.launcher import Fleet  # noqa: E402
 from tests.pg import temporary_database_sync  # noqa: E402
 
 

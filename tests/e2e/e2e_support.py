@@ -1,7 +1,7 @@
 """Helpers of the end-to-end tests of `clonejob` and `clonejob-server`.
 
 Each command runs as a subprocess of its own, the way an operator runs it. The
-server under test is a `server.launcher.ServerProcess` (a real `python -m server`
+server under test is a `client.launcher.ServerProcess` (a real `python -m server`
 process), started by a `Fleet`.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.launcher import Fleet
+from client.launcher import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 ServerPool = Fleet

@@ -1,6 +1,6 @@
 """The fixtures that start real clonejob server processes on 127.0.0.1:0.
 
-Every server is a `server.launcher.ServerProcess`: `python -m server` in its own
+Every server is a `client.launcher.ServerProcess`: `python -m server` in its own
 process, on its own data directory; its output goes to a log file that is
 printed when the test ends (pytest shows it only for a failing test).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from clonejob_rpc import VM1
 
-from server.launcher import Fleet, ServerProcess
+from client.launcher import Fleet, ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def write_sample_vm(
     return cycles / str(max(int(p.name) for p in cycles.iterdir() if p.name.isdigit()))
 
 
-# The harness of server.launcher, under the names the tests know.
+# The harness of client.launcher, under the names the tests know.
 Server = ServerProcess
 ServerPool = Fleet
 

@@ -29,14 +29,24 @@ for until it is terminal (bounded), and then:
   in plan order and never repeated, a step's start never rewritten, steps' time
   intervals not overlapping, times never going backwards;
 - no step of any job ran on two replicas at once with effect, as far as the
-  servers' logs and the stored revisions tell (see `audit_leases` and
-  LEASE_CHECKS): no epoch claimed twice, no revision committed by two
-  processes, no commit of an epoch after its runner logged the loss, runner
-  commits of a job in epoch order, no commit of an older epoch after a newer
-  epoch's claim. An older runner still running (frozen) at a newer claim is
-  counted as a fenced overlap; one that logged nothing after the takeover is
-  listed, since with today's log lines it cannot be told whether it found the
-  job finished or ran on unaware.
+  servers' logs and the stored revisions tell (see `audit_leases`,
+  `audit_steps` and LEASE_CHECKS): no epoch claimed twice, no revision
+  committed by two processes, no commit of an epoch after its runner logged the
+  loss, runner commits of a job in epoch order, no commit of an older epoch
+  after a newer epoch's claim. An older runner still running (frozen) at a
+  newer claim is counted as a fenced overlap. And, from the runners' step
+  lines ("step K started/ended under lease epoch N (outcome)", "runner of
+  lease epoch N ended (why)"): each step run is an interval, from its start
+  line to its end line, or to the process's end when it "stopped" (its thread
+  may run on until then), or to the SIGKILL's completion when its process was
+  killed before logging the end. Intervals of two epochs of one job never
+  overlap, except where the older epoch was already superseded (a newer claim
+  logged before the overlap) and its step ended `lost` or `stopped`, or was
+  cut by a SIGKILL, or lay frozen (its process paused when the overlap began,
+  the overlap over within PAUSE_TAIL of the SIGCONT): counted as fenced step
+  overlaps, since the fence kept them from committing (the commit checks
+  above). Every started step logs its end and every claimed runner logs its
+  end, unless its process was SIGKILLed.
 
 A server ERROR line (a job that "stopped unexpectedly") fails the test too.
 
@@ -53,6 +63,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -94,12 +105,12 @@ from test_crash import (
     write_sample_vms,
 )
 
+from client.launcher import Fleet, ServerProcess, ServerStartError, ServerStopError
 from clonejob_grpc import clone_job_pb2 as pb
 from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
 from server.domain.job import ALLOWED_TRANSITIONS
 from server.domain.job import State as JobState
-from server.launcher import Fleet, ServerProcess, ServerStartError, ServerStopError
 from tests.pg import server_url, temporary_database_sync
 
 REPLICAS = 3
@@ -693,6 +704,21 @@ def audit_history(job: StoredJob) -> list[str]:
 
 CLAIM = re.compile(r"running (?P<job>\S+) under lease epoch (?P<epoch>\d+)")
 LOSS = re.compile(r"(?P<job>\S+): lease epoch (?P<epoch>\d+) lost \((?P<why>.*)\); its step stops")
+STEP_START = re.compile(
+    r"(?P<job>\S+): step (?P<kind>\S+) started under lease epoch (?P<epoch>\d+)"
+)
+STEP_END = re.compile(
+    r"(?P<job>\S+): step (?P<kind>\S+) ended under lease epoch (?P<epoch>\d+)"
+    r" \((?P<outcome>done|failed|cancelled|lost|stopped)\)"
+)
+RUNNER_END = re.compile(r"(?P<job>\S+): runner of lease epoch (?P<epoch>\d+) ended \((?P<why>.*)\)")
+# A frozen runner, resumed by SIGCONT, finds its lease lost at its next renewal
+# (every TTL/3) or fenced check, on a noisy machine: its step's overlap with a
+# newer epoch's is over this long after the SIGCONT at the latest.
+PAUSE_TAIL = 3.5
+# Re-read the logs this long, at most, for the end lines of live runners that are
+# still being written (a runner logs its end after its job's last commit).
+LOG_SETTLE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -729,12 +755,53 @@ class Loss:
 
 
 @dataclass(slots=True)
+class Step:
+    """One run of one step by one runner: from its start line (logged before the
+    target is called) to its end line (logged when the call returned)."""
+
+    job: str
+    epoch: int
+    kind: str
+    run: Run
+    start: float
+    end_line: float | None = None  # None: no end line logged
+    outcome: str = ""  # done, failed, cancelled, lost, stopped; "" with no end line
+
+    def end(self) -> tuple[float, str]:
+        """When the step certainly no longer ran, and how it ended. A step "stopped"
+        (its replica stopping) may run on in its thread until the process is gone;
+        one with no end line ran until its process was killed (or is open)."""
+        run = self.run
+        if self.outcome and self.outcome != "stopped":
+            assert self.end_line is not None
+            return self.end_line, self.outcome
+        if self.outcome == "stopped":
+            return (run.ended if run.ended is not None else math.inf), "stopped"
+        if run.end == "killed" and run.ended is not None:
+            return run.ended, "killed"
+        return math.inf, "no end"
+
+
+@dataclass(slots=True)
 class ServerLog:
     claims: list[Claim] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
     errors: list[tuple[Run, str]] = field(default_factory=list)  # ERROR lines
     unattributed: list[Commit] = field(default_factory=list)  # runner commits, no claim
+    steps: list[Step] = field(default_factory=list)
+    runner_ends: dict[tuple[str, int, int], str] = field(default_factory=dict)  # → why
+    unpaired: list[str] = field(default_factory=list)  # step lines out of order
+
+    def unended(self) -> int:
+        """Steps and runners of live processes whose end is not logged yet."""
+        steps = sum(1 for s in self.steps if not s.outcome and not s.run.end)
+        runners = sum(
+            1
+            for c in self.claims
+            if not c.run.end and (c.job, c.epoch, id(c.run)) not in self.runner_ends
+        )
+        return steps + runners
 
 
 def _ts(text: str) -> float:
@@ -748,6 +815,7 @@ def read_logs(runs: Iterable[Run]) -> ServerLog:
     found = ServerLog()
     for run in runs:
         held: dict[str, int] = {}  # job → the epoch this process runs it under
+        running: dict[tuple[str, int], Step] = {}  # (job, epoch) → its step under way
         text = run.log.read_text(errors="replace") if run.log.exists() else ""
         for raw in text.splitlines():
             if not raw.startswith("{"):
@@ -773,6 +841,22 @@ def read_logs(runs: Iterable[Run]) -> ServerLog:
                 found.claims.append(Claim(claim["job"], int(claim["epoch"]), run, ts))
             elif (loss := LOSS.fullmatch(msg)) is not None:
                 found.losses.append(Loss(loss["job"], int(loss["epoch"]), run, ts, loss["why"]))
+            elif (start := STEP_START.fullmatch(msg)) is not None:
+                key = (start["job"], int(start["epoch"]))
+                if key in running:
+                    found.unpaired.append(f"{run.name}: {msg}, the previous step not ended")
+                step = Step(key[0], key[1], start["kind"], run, ts)
+                running[key] = step
+                found.steps.append(step)
+            elif (end := STEP_END.fullmatch(msg)) is not None:
+                key = (end["job"], int(end["epoch"]))
+                step = running.pop(key, None)
+                if step is None or step.kind != end["kind"]:
+                    found.unpaired.append(f"{run.name}: {msg}, not after its start")
+                else:
+                    step.end_line, step.outcome = ts, end["outcome"]
+            elif (over := RUNNER_END.fullmatch(msg)) is not None:
+                found.runner_ends[(over["job"], int(over["epoch"]), id(run))] = over["why"]
     return found
 
 
@@ -789,6 +873,13 @@ LEASE_CHECKS = {
     " are in epoch order",
     "older epoch committed after a newer claim": "no commit of epoch N whose recorded"
     " state_time is later than the logged claim of an epoch M > N",
+    "step lines unpaired": "each step's end line follows its start line, one step at a time"
+    " per runner",
+    "step without an end": "each started step logs its end, unless its process was SIGKILLed",
+    "runner without an end": "each claimed runner logs its end, unless its process was SIGKILLed",
+    "step on two epochs at once": "no step interval of one epoch of a job overlaps one of"
+    " another epoch, unless fenced: the older epoch superseded by a newer claim and its step"
+    f" ended lost or stopped, cut by a SIGKILL, or frozen (till SIGCONT + {PAUSE_TAIL:g} s)",
 }
 
 
@@ -806,6 +897,14 @@ class LeaseAudit:
     problems: list[str] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)  # older runners that logged no loss
     overlaps: list[str] = field(default_factory=list)  # the fenced ones, described
+    # The step intervals (see `audit_steps`).
+    step_intervals: int = 0
+    step_epochs: int = 0  # (job, epoch) pairs with at least one step
+    runner_ends: int = 0  # runners' end lines
+    cross_epoch_pairs: int = 0  # pairs of intervals of two epochs of one job compared
+    fenced_steps: Counter[str] = field(default_factory=Counter)  # fenced overlaps, by end
+    longest_fenced_step: float = 0.0  # s of the longest fenced step overlap
+    step_overlaps: list[str] = field(default_factory=list)  # the fenced ones, described
 
     def overlap(self, job: str, old: Claim, new: Claim, end: float, how: str) -> None:
         """Epoch `old` still ran (unaware) when `new` was claimed, until `end`."""
@@ -965,12 +1064,85 @@ def audit_leases(logs: ServerLog, stored: dict[str, StoredJob], chaos: ChaosLog)
             if died is not None:  # killed or stopped after the claim, silent till then
                 audit.takeovers[f"from a replica {run.end} before it logged a loss"] += 1
                 continue
+            why = logs.runner_ends.get((job, old.epoch, id(run)))
+            if why is not None:  # its steps are checked by `audit_steps`
+                audit.takeovers[f"from a replica whose old runner ended ({why})"] += 1
+                continue
             audit.takeovers["from a replica whose old runner logged nothing more"] += 1
             audit.silent.append(
                 f"{job.rsplit('/', 1)[1]}: epoch {old.epoch} on {run.name}, taken over by"
                 f" epoch {epoch} on {claim.run.name} at {claim.ts:.3f}"
             )
+
+    audit_steps(logs, claims, audit)
     return audit
+
+
+def audit_steps(
+    logs: ServerLog, claims: dict[str, dict[int, list[Claim]]], audit: LeaseAudit
+) -> None:
+    """Check, from the step and runner lines, that no step of a job ran under two
+    epochs at once except fenced. Times: a start line is logged before the target
+    is called, an end line after the call returned; a "stopped" step runs on (in its
+    thread) until its process is gone, and a step with no end line in a SIGKILLed
+    process until the kill completed (`Run.ended`, as the controller saw it). Ends
+    get CLOCK_SLACK more (log times are truncated to the millisecond)."""
+    audit.runner_ends = len(logs.runner_ends)
+    for text in logs.unpaired:
+        audit.violate("step lines unpaired", text)
+    for claim in logs.claims:
+        if claim.run.end != "killed" and (
+            (claim.job, claim.epoch, id(claim.run)) not in logs.runner_ends
+        ):
+            audit.violate(
+                "runner without an end", f"{claim.job} epoch {claim.epoch} on {claim.run.name}"
+            )
+    by_job: dict[str, list[tuple[Step, float, str]]] = defaultdict(list)
+    for step in logs.steps:
+        end, how = step.end()
+        if how == "no end":
+            audit.violate(
+                "step without an end",
+                f"{step.job} step {step.kind} of epoch {step.epoch} on {step.run.name},"
+                f" started at {step.start:.3f}",
+            )
+        by_job[step.job].append((step, end, how))
+    audit.step_intervals = len(logs.steps)
+    audit.step_epochs = len({(s.job, s.epoch) for s in logs.steps})
+    for job, steps in by_job.items():
+        for (a, a_end, a_how), (b, b_end, b_how) in itertools.combinations(steps, 2):
+            if a.epoch == b.epoch:
+                continue
+            audit.cross_epoch_pairs += 1
+            (old, old_end, how), (new, new_end, _) = sorted(
+                [(a, a_end, a_how), (b, b_end, b_how)], key=lambda s: s[0].epoch
+            )
+            begins = max(old.start, new.start)
+            ends = min(old_end, new_end) + CLOCK_SLACK
+            if begins >= ends:
+                continue
+            superseded = [
+                c
+                for epoch, found in claims[job].items()
+                if epoch > old.epoch
+                for c in found
+                if c.ts <= begins
+            ]
+            frozen = any(p0 <= begins and ends <= p1 + PAUSE_TAIL for p0, p1 in old.run.paused)
+            if how not in ("lost", "stopped", "killed") and frozen:
+                how = "frozen"
+            text = (
+                f"{job.rsplit('/', 1)[1]}: step {old.kind} of epoch {old.epoch} on"
+                f" {old.run.name} ({old.start:.3f}..{old_end:.3f}, {how}) and step {new.kind}"
+                f" of epoch {new.epoch} on {new.run.name} ({new.start:.3f}..{new_end:.3f}):"
+                f" {ends - begins:.2f} s at once"
+            )
+            if superseded and how in ("lost", "stopped", "killed", "frozen"):
+                audit.fenced_steps[how] += 1
+                audit.longest_fenced_step = max(audit.longest_fenced_step, ends - begins)
+                audit.step_overlaps.append(text)
+            else:
+                audit.violate("step on two epochs at once", text)
 
 
 # -- the report --
@@ -1000,6 +1172,7 @@ class ChaosReport:
         states = Counter(job.state for job in jobs.final.values())
         records = jobs.records
         causes = ", ".join(f"{n} {cause}" for cause, n in sorted(leases.takeovers.items()))
+        fenced_steps = ", ".join(f"{n} {how}" for how, n in sorted(leases.fenced_steps.items()))
         return "\n".join(
             [
                 f"chaos-test: {self.seconds:.0f} s of chaos on {REPLICAS} replicas"
@@ -1025,6 +1198,12 @@ class ChaosReport:
                 f" unlogged {leases.unlogged_claims}) runner-commits={leases.commits}"
                 f" fenced-overlaps={leases.fenced_overlaps}"
                 f" (longest {leases.longest_fenced:.2f} s)",
+                f"  steps:    intervals={leases.step_intervals} (of {leases.step_epochs} job"
+                f" epochs) runner-ends={leases.runner_ends}"
+                f" cross-epoch-pairs={leases.cross_epoch_pairs}"
+                f" fenced-step-overlaps={sum(leases.fenced_steps.values())}"
+                f" ({fenced_steps or 'none'}; longest {leases.longest_fenced_step:.2f} s)"
+                f" unfenced={leases.violations['step on two epochs at once']}",
                 f"  claims of epoch > 1: {causes or 'none'}",
                 f"  history:  {len(jobs.final)} jobs, {self.revisions} revisions audited",
                 f"  failovers: {dict(sorted(self.failovers.items()))}",
@@ -1047,13 +1226,20 @@ class ChaosReport:
             " running at a newer claim (its replica paused past the TTL), which logged the"
             f" loss of its lease at most {self.leases.longest_fenced:.2f} s after the claim"
         )
+        lines.append(
+            f"  {sum(self.leases.fenced_steps.values())} fenced step overlaps: a step of an"
+            " older, superseded epoch still running while one of a newer epoch ran, ended"
+            f" lost, stopped, by a SIGKILL or frozen, at most"
+            f" {self.leases.longest_fenced_step:.2f} s at once"
+        )
         for title, items in (
             ("stuck", self.stuck),
             ("watch gaps", self.gaps),
             ("stored-history problems", self.history_problems),
             ("lease problems", self.leases.problems),
             ("fenced overlaps", self.leases.overlaps),
-            ("older runners that logged no loss (not checkable yet)", self.leases.silent),
+            ("fenced step overlaps", self.leases.step_overlaps),
+            ("older runners that logged neither a loss nor their end", self.leases.silent),
             ("server ERROR lines", self.server_errors),
             ("start failures", self.chaos.start_failures),
             ("graceful stop problems", self.chaos.stop_problems),
@@ -1139,6 +1325,10 @@ async def run_chaos(
     missing = sorted(set(stored) - set(report.jobs.final))
     report.jobs.unexpected += [f"{name}: stored, but not listed" for name in missing]
     logs = await asyncio.to_thread(read_logs, report.chaos.runs)
+    settle = time.monotonic() + LOG_SETTLE
+    while logs.unended() and time.monotonic() < settle:
+        await asyncio.sleep(0.25)  # the last end lines of live runners, being written
+        logs = await asyncio.to_thread(read_logs, report.chaos.runs)
     report.leases = audit_leases(logs, stored, report.chaos)
     report.server_errors = [f"{run.name}: {msg}" for run, msg in logs.errors]
     return report

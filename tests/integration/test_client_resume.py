@@ -21,9 +21,9 @@ import pytest
 from clonejob_rpc import ADAPTING, VM1, vm_body
 
 from client import BlockingCloneJobClient, CloneJobClient
+from client.launcher import ServerProcess
 from client.retry import Backoff, RetryPolicy
 from clonejob_grpc.clone_job_pb2 import CloneJob
-from server.launcher import ServerProcess
 
 HOLD = [{"match": "cloneJobs/hold", "step": ADAPTING, "action": "hold"}]
 # Quicker than the default backoff (at most 5 s between tries), so that the test

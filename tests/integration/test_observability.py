@@ -4,7 +4,7 @@ Most tests run `server.app.App` in the test's own event loop on 127.0.0.1:0
 with a metrics endpoint on port 0, and talk to it over real sockets: gRPC with
 the generated async stub, /metrics with plain HTTP (in a thread, as any
 blocking client must be here). The log test runs `python -m server` (through
-server.launcher) with `--log-format json` and reads its log.
+client.launcher) with `--log-format json` and reads its log.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from client.launcher import ServerProcess
 from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
 from server.app import App
 from server.config import Config
 from server.domain.names import MigratingVmName
-from server.launcher import ServerProcess
 from server.targets.local import LocalTarget
 
 SERVICE = "clonejob.v1.CloneJobService"

@@ -42,8 +42,8 @@ from clonejob_rpc import (
 from conftest import ServerPool, write_sample_vm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.launcher import ServerProcess
 from clonejob_grpc import clone_job_pb2 as pb
-from server.launcher import ServerProcess
 from server.store.schema import migrations
 from tests.pg import temporary_database_sync
 

@@ -1,6 +1,6 @@
 """Who may call: TLS, mutual TLS, bearer tokens per project, and refusing exposure.
 
-Every server here is a real `python -m server` process of server.launcher,
+Every server here is a real `python -m server` process of client.launcher,
 which checks readiness over TLS (with the test CA, and the client certificate
 for mutual TLS) when the server serves TLS. Certificates are made at test time
 by `certs.py`; tokens are random per run. The tests talk to the server through
@@ -28,10 +28,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from client.launcher import ServerProcess, ServerStartError, TlsConfig
 from clonejob_grpc import clone_job_pb2 as pb
 from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
-from server.launcher import ServerProcess, ServerStartError, TlsConfig
 
 if TYPE_CHECKING:
     from conftest import ServerPool

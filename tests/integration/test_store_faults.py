@@ -22,7 +22,7 @@ from clonejob_rpc import (
 )
 from conftest import Server, ServerPool
 
-from server.launcher import ServerStartError
+from client.launcher import ServerStartError
 
 
 def start_fails(servers: ServerPool, data_dir: Path) -> ServerStartError:
