@@ -38,6 +38,8 @@ log = logging.getLogger("clonejob.engine")
 # Progress commits per job are at most this often; state changes are never held back.
 PROGRESS_INTERVAL = 0.1
 CLEANUP_ATTEMPTS = 3
+# Pauses after each failed attempt to give a lease back.
+RELEASE_RETRIES = (0.2, 1.0, 0.0)
 # How long a fenced check from a step's thread waits for the store.
 FENCE_TIMEOUT = 10.0
 
@@ -146,9 +148,8 @@ class Runner:
         except Exception:
             if self.lost:
                 return
-            # A bug or a store failure: end the job FAILED (cleaned up) rather than
-            # leave it running; if even that fails, the lease expires and another
-            # runner (or this one) takes it up again.
+            # A bug: end the job FAILED (cleaned up) rather than leave it running; if
+            # even that fails, the lease expires and another runner takes it up again.
             log.exception("job %s stopped unexpectedly", self.name)
             try:
                 await self._finish(await self.changes.fresh(self.name), UNEXPECTED)
@@ -160,11 +161,17 @@ class Runner:
             if self._progress_task is not None:
                 await asyncio.gather(self._progress_task, return_exceptions=True)
             if not self.lost and not self._ended:
-                # Given back at once (not left to expire): another worker may take it now.
-                try:
-                    await asyncio.shield(self.store.release(self.name, self.epoch))
-                except (StoreError, asyncio.CancelledError):
-                    pass  # it expires by itself
+                # Given back at once (not left to expire): another worker may take it
+                # now. A few tries: on SQLite a lease lasts the process, so one left
+                # unreleased would keep the job until the next start.
+                for pause in RELEASE_RETRIES:
+                    try:
+                        await asyncio.shield(self.store.release(self.name, self.epoch))
+                        break
+                    except StoreError:
+                        await asyncio.sleep(pause)
+                    except asyncio.CancelledError:
+                        break  # stopping: on PostgreSQL it expires by itself
             if self.lost:
                 why = "lease lost"
             elif self._stopping:
