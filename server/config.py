@@ -132,7 +132,7 @@ SERVE_OPTIONS: Sequence[tuple[str, str, Callable[[str], Any], str]] = (
         "CLONEJOB_LEASE_TTL",
         _lease_ttl,
         "seconds a replica's lease on a running job lasts unrenewed; another replica"
-        " takes a job over this long after its runner died (default 15)",
+        " takes a job over this long after its runner died (default 15; PostgreSQL only)",
     ),
     (
         "--max-concurrent-jobs",
