@@ -9,6 +9,7 @@ tests skip, except in CI, where they fail.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.request
@@ -102,6 +103,15 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def together(calls: list[Callable[[], None]]) -> None:
+    """Run `calls` at once, each on a thread of its own; return when all are done."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def assert_history_sound(messages: list[Any]) -> None:
@@ -237,22 +247,12 @@ def test_replicas_simultaneous_duplicate_creates(
 
     for round_ in range(5):
         rid = str(uuid.uuid4()) if round_ else request_id
-        threads = [threading.Thread(target=send, args=(i, f"same-{round_}", rid)) for i in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        together([functools.partial(send, i, f"same-{round_}", rid) for i in (0, 1)])
         assert all(isinstance(a, pb.CloneJob) for a in answers), answers
         assert answers[0] == answers[1]
     for round_ in range(5):
-        threads = [
-            threading.Thread(target=send, args=(i, f"race-{round_}", str(uuid.uuid4())))
-            for i in (0, 1)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        rids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        together([functools.partial(send, i, f"race-{round_}", rids[i]) for i in (0, 1)])
         won = [a for a in answers if isinstance(a, pb.CloneJob)]
         lost = [a for a in answers if isinstance(a, grpc.RpcError)]
         assert len(won) == 1 and len(lost) == 1, answers
@@ -363,11 +363,7 @@ def test_replicas_three_starting_at_once_on_an_empty_database(
         except BaseException as error:  # reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=start, args=(s,)) for s in fleet]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    together([functools.partial(start, s) for s in fleet])
     assert errors == []
     with psycopg.connect(store_url, autocommit=True) as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
