@@ -156,27 +156,34 @@ class Runner:
             except Exception:
                 log.exception("job %s could not be ended; its lease will expire", self.name)
         finally:
-            renewal.cancel()
-            await asyncio.gather(renewal, return_exceptions=True)
-            if self._progress_task is not None:
-                await asyncio.gather(self._progress_task, return_exceptions=True)
-            if not self.lost and not self._ended:
-                # Given back at once (not left to expire): another worker may take it
-                # now. A few tries: on SQLite a lease lasts the process, so one left
-                # unreleased would keep the job until the next start.
-                for pause in RELEASE_RETRIES:
-                    try:
-                        await asyncio.shield(self.store.release(self.name, self.epoch))
-                        break
-                    except StoreError:
-                        await asyncio.sleep(pause)
-                    except asyncio.CancelledError:
-                        break  # stopping: on PostgreSQL it expires by itself
-            if self.lost:
-                why = "lease lost"
-            elif self._stopping:
-                why = "the replica stops"
-            log.info("%s: runner of lease epoch %d ended (%s)", self.name, self.epoch, why)
+            try:
+                await self._wind_up(renewal)
+            finally:  # even when the replica's stop cancels the winding up
+                if self.lost:
+                    why = "lease lost"
+                elif self._stopping:
+                    why = "the replica stops"
+                log.info("%s: runner of lease epoch %d ended (%s)", self.name, self.epoch, why)
+
+    async def _wind_up(self, renewal: asyncio.Task[None]) -> None:
+        """Stop renewing, let the last progress commit land, give the lease back."""
+        renewal.cancel()
+        await asyncio.gather(renewal, return_exceptions=True)
+        if self._progress_task is not None:
+            await asyncio.gather(self._progress_task, return_exceptions=True)
+        if self.lost or self._ended:
+            return  # nothing to give back (a terminal commit released it)
+        # Given back at once (not left to expire): another worker may take it now.
+        # A few tries: on SQLite a lease lasts the process, so one left unreleased
+        # would keep the job until the next start.
+        for pause in RELEASE_RETRIES:
+            try:
+                await asyncio.shield(self.store.release(self.name, self.epoch))
+                return
+            except StoreError:
+                await asyncio.sleep(pause)
+            except asyncio.CancelledError:
+                return  # stopping: on PostgreSQL it expires by itself
 
     async def _renew(self) -> None:
         interval = self.ttl / 3

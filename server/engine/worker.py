@@ -147,6 +147,7 @@ class Worker:
     def _run(self, lease: Lease, *, in_slot: bool) -> None:
         name = lease.job.name
         if self._stopping:
+            log.info("%s: claimed (epoch %d) while stopping; given back", name, lease.epoch)
             task = asyncio.ensure_future(self._give_back(lease))
             self._giving_back.add(task)
             task.add_done_callback(self._giving_back.discard)
