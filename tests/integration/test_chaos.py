@@ -433,32 +433,6 @@ class ChaosScenario(CrashScenario):
                 await self._create(self._plan(rng))
             await _pace(stop, rng.uniform(*CREATE_PACE))
 
-    async def _create(self, plan: JobPlan) -> None:
-        self.report.plans[plan.name] = plan
-        request = spb.CreateCloneJobRequest(
-            parent=plan.parent,
-            clone_job_id=plan.job_id,
-            clone_job=plan.body(),
-            request_id=plan.request_id,
-        )
-
-        async def call(stub: Stub) -> pb.CloneJob:
-            self.report.calls["create"] += 1
-            return await stub.CreateCloneJob(request, timeout=RPC_DEADLINE)
-
-        try:
-            # The same request_id on every replica: a retry gets the job created first.
-            job = await self.cluster.retrying(call, budget=CALL_BUDGET)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as error:
-            self.report.unexpected.append(f"create {plan.job_id}: {_code(error)}")
-            return
-        if job.name != plan.name:
-            self.report.unexpected.append(f"create {plan.job_id} returned {job.name}")
-        self.report.acknowledged.add(plan.name)
-        self._recent.append(plan.name)
-        if plan.kind == "hold":
-            self._holds.append(plan.name)
-
     async def canceller(self, rng: random.Random, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _pace(stop, rng.uniform(*CANCEL_PACE))
