@@ -17,6 +17,12 @@ class JobNotFoundError(DomainError):
         self.name = name
 
 
+class OperationNotFoundError(DomainError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"operation {name!r} was not found")
+        self.name = name
+
+
 class MigratingVmNotFoundError(DomainError):
     def __init__(self, name: str) -> None:
         super().__init__(f"migrating VM {name!r} was not found")

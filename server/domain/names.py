@@ -79,3 +79,85 @@ class CloneJobName:
                 " letters, digits or hyphens, not ending in a hyphen (RFC 1035)"
             )
         return cls(parent=parent, clone_job_id=job_id)
+
+
+LOCATION_PATTERN = "projects/{project}/locations/{location}"
+SOURCE_PATTERN = LOCATION_PATTERN + "/sources/{source}"
+OPERATION_PATTERN = LOCATION_PATTERN + "/operations/{operation}"
+
+
+def _segments(value: str, collections: tuple[str, ...], pattern: str) -> list[str]:
+    """The ids of a name made of `collections`, each checked as a SEGMENT."""
+    parts = value.split("/")
+    if len(parts) != 2 * len(collections) or tuple(parts[0::2]) != collections:
+        raise InvalidNameError(f"must have the form {pattern}")
+    for collection, segment in zip(parts[0::2], parts[1::2], strict=True):
+        if not SEGMENT.fullmatch(segment):
+            raise InvalidNameError(
+                f"the {collection} id must be 1 to 63 letters, digits, '.', '_' or '-',"
+                " starting and ending with a letter or digit"
+            )
+    return parts[1::2]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocationName:
+    """`projects/{project}/locations/{location}`: where operations are listed."""
+
+    project: str
+    location: str
+
+    def __str__(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}"
+
+    @classmethod
+    def parse(cls, value: str) -> LocationName:
+        project, location = _segments(value, ("projects", "locations"), LOCATION_PATTERN)
+        return cls(project=project, location=location)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceName:
+    """`projects/{project}/locations/{location}/sources/{source}`: a source of migrating VMs."""
+
+    project: str
+    location: str
+    source: str
+
+    def __str__(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/sources/{self.source}"
+
+    def migrating_vm(self, migrating_vm: str) -> MigratingVmName:
+        return MigratingVmName(
+            project=self.project,
+            location=self.location,
+            source=self.source,
+            migrating_vm=migrating_vm,
+        )
+
+    @classmethod
+    def parse(cls, value: str) -> SourceName:
+        project, location, source = _segments(
+            value, ("projects", "locations", "sources"), SOURCE_PATTERN
+        )
+        return cls(project=project, location=location, source=source)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperationName:
+    """`projects/{project}/locations/{location}/operations/{operation}`."""
+
+    location: LocationName
+    operation_id: str
+
+    def __str__(self) -> str:
+        return f"{self.location}/operations/{self.operation_id}"
+
+    @classmethod
+    def parse(cls, value: str) -> OperationName:
+        project, location, operation = _segments(
+            value, ("projects", "locations", "operations"), OPERATION_PATTERN
+        )
+        return cls(
+            location=LocationName(project=project, location=location), operation_id=operation
+        )

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from server.domain.errors import JobNotFoundError
 from server.domain.job import CloneJob
+from server.domain.operation import Operation
 from server.engine.broadcast import Hub
 from server.store.base import ConflictError, JobStore
 
@@ -118,12 +119,12 @@ class JobChanges:
 
     # -- changes --
 
-    async def create(self, job: CloneJob) -> None:
-        """Insert `job` (DuplicateJobError), then publish it."""
-        await self._unsplit(self._create(job))
+    async def create(self, job: CloneJob, *, operation: Operation | None = None) -> None:
+        """Insert `job` (DuplicateJobError), with its operation if any, then publish it."""
+        await self._unsplit(self._create(job, operation))
 
-    async def _create(self, job: CloneJob) -> None:
-        await self.store.create(job)
+    async def _create(self, job: CloneJob, operation: Operation | None) -> None:
+        await self.store.create(job, operation=operation)
         self.committed(None, job)
 
     async def change(

@@ -26,11 +26,14 @@ from server.domain.errors import (
     JobFinishedError,
     MigratingVmNotFoundError,
     NoCompletedCycleError,
+    OperationNotFoundError,
     RequestIdReusedError,
 )
 from server.domain.job import CloneJob, State, TargetSpec
-from server.domain.listing import ListQuery
-from server.domain.names import CloneJobName, MigratingVmName
+from server.domain.listing import Cursor, ListQuery
+from server.domain.migrating_vm import MigratingVm
+from server.domain.names import CloneJobName, MigratingVmName, SourceName
+from server.domain.operation import Operation, Verb
 from server.engine.broadcast import Hub
 from server.engine.changes import ChangeObserver, JobChanges
 from server.engine.feed import ChangeFeed
@@ -138,15 +141,44 @@ class Engine:
     ) -> CloneJob:
         """Store a new job; a worker then runs it. A retry with the same request id
         gets the original, whichever replica took either call."""
+        job, _ = await self._create(name, target, request_id, request_hash, operation=False)
+        return job
+
+    async def create_with_operation(
+        self,
+        *,
+        name: CloneJobName,
+        target: TargetSpec,
+        request_id: str = "",
+        request_hash: str = "",
+    ) -> tuple[CloneJob, Operation]:
+        """`create`, and the job's create operation, committed with the job. A retry
+        gets the original job and its operation (made now if the job was created
+        without one, through clonejob.v1)."""
+        job, operation = await self._create(name, target, request_id, request_hash, operation=True)
+        if operation is None:
+            operation = await self._operation_of_created(job)
+        return job, operation
+
+    async def _create(
+        self,
+        name: CloneJobName,
+        target: TargetSpec,
+        request_id: str,
+        request_hash: str,
+        *,
+        operation: bool,
+    ) -> tuple[CloneJob, Operation | None]:
+        """The job, and its create operation when this call made both."""
         if request_id:
             existing = await self.store.get_by_request_id(request_id)
             if existing is not None:
-                return self._same_request(request_id, request_hash, existing)
+                return self._same_request(request_id, request_hash, existing), None
         existing = await self.store.get(str(name))
         if existing is not None:
             if request_id and existing.request_id == request_id:
                 # The same request, committed by another replica since the lookup above.
-                return self._same_request(request_id, request_hash, existing)
+                return self._same_request(request_id, request_hash, existing), None
             raise JobExistsError(self.changes.remember(existing))
         cycle = await self.target.latest_cycle(name.parent)
         job = CloneJob.new(
@@ -157,14 +189,28 @@ class Engine:
             request_id=request_id,
             request_hash=request_hash,
         )
+        made = (
+            Operation.new(target=job.name, verb=Verb.CREATE, now=job.create_time, job=job)
+            if operation
+            else None
+        )
         try:
-            await self.changes.create(job)
+            await self.changes.create(job, operation=made)
         except DuplicateJobError as dup:  # a concurrent create won the race
             if request_id and dup.existing.request_id == request_id:
-                return self._same_request(request_id, request_hash, dup.existing)
+                return self._same_request(request_id, request_hash, dup.existing), None
             raise JobExistsError(dup.existing) from None
         log.info("created %s (cycle %s)", job.name, cycle)
-        return job
+        return job, made
+
+    async def _operation_of_created(self, job: CloneJob) -> Operation:
+        """The create operation of an existing job: the one stored, or a new one
+        whose response is the job as first committed (if that revision is kept)."""
+        first = next(iter(await self.store.revisions(job.name, after=0)), None)
+        created = first if first is not None and first.revision == 1 else job
+        return await self.store.add_operation(
+            Operation.new(target=job.name, verb=Verb.CREATE, now=created.create_time, job=created)
+        )
 
     async def migrating_vm_exists(self, name: MigratingVmName) -> bool:
         try:
@@ -174,6 +220,12 @@ class Engine:
         except NoCompletedCycleError:
             return True
         return True
+
+    async def migrating_vm(self, name: MigratingVmName) -> MigratingVm:
+        return await self.target.migrating_vm(name)
+
+    async def migrating_vms(self, source: SourceName) -> list[MigratingVm]:
+        return await self.target.migrating_vms(source)
 
     @staticmethod
     def _same_request(request_id: str, request_hash: str, existing: CloneJob) -> CloneJob:
@@ -200,6 +252,32 @@ class Engine:
 
         return await self.changes.change(name, request)
 
+    async def cancel_with_operation(self, name: str) -> tuple[CloneJob, Operation]:
+        """`cancel`, and the job's cancel operation (the one made by an earlier
+        Cancel, if any: a repeated Cancel is the same cancellation)."""
+        job = await self.cancel(name)
+        operation = await self.store.add_operation(
+            Operation.new(target=job.name, verb=Verb.CANCEL, now=self._clock())
+        )
+        return job, operation
+
+    # -- operations --
+
+    async def get_operation(self, name: str) -> Operation:
+        operation = await self.store.get_operation(name)
+        if operation is None:
+            raise OperationNotFoundError(name)
+        return operation
+
+    async def list_operations(
+        self, location: str, *, limit: int, after: Cursor | None = None
+    ) -> Sequence[Operation]:
+        return await self.store.list_operations(location, limit=limit, after=after)
+
+    async def delete_operation(self, name: str) -> None:
+        if not await self.store.delete_operation(name):
+            raise OperationNotFoundError(name)
+
     def watch(
         self, name: str, *, after_revision: int, heartbeat_interval: float
     ) -> AsyncGenerator[CloneJob | Heartbeat, None]:
@@ -218,4 +296,3 @@ class Engine:
                 runner.cancel_step()
         if old is None or (new.state is State.CANCELLING and old.state is not State.CANCELLING):
             self.worker.poke()  # a job for some worker: maybe this replica's
-

@@ -17,7 +17,8 @@ from typing import Protocol
 
 from server.domain.errors import LeaseLostError
 from server.domain.job import CloneJob, State
-from server.domain.listing import ListQuery
+from server.domain.listing import Cursor, ListQuery
+from server.domain.operation import Operation
 
 __all__ = [
     "ChangeListener",
@@ -98,8 +99,9 @@ class JobStore(Protocol):
     def describe(self) -> str:
         """Where the jobs are, for people (never a password): a path or host/db."""
 
-    async def create(self, job: CloneJob) -> None:
-        """Insert a new job; DuplicateJobError when the name or request id is taken."""
+    async def create(self, job: CloneJob, *, operation: Operation | None = None) -> None:
+        """Insert a new job; DuplicateJobError when the name or request id is taken.
+        With `operation`, the operation is inserted in the same commit."""
 
     async def update(
         self, job: CloneJob, *, expected_revision: int, epoch: int | None = None
@@ -153,6 +155,22 @@ class JobStore(Protocol):
 
     async def holds(self, name: str, epoch: int) -> bool:
         """Whether `epoch` is still the job's live lease (the fenced check)."""
+
+    # -- operations (records beside the jobs; no revisions, no change feed) --
+
+    async def add_operation(self, operation: Operation) -> Operation:
+        """Insert the operation unless its job already has one of its verb; the one
+        stored either way."""
+
+    async def get_operation(self, name: str) -> Operation | None: ...
+
+    async def list_operations(
+        self, location: str, *, limit: int, after: Cursor | None = None
+    ) -> Sequence[Operation]:
+        """Up to `limit` operations of the location, newest first, after the cursor."""
+
+    async def delete_operation(self, name: str) -> bool:
+        """Forget the operation (never its job); False when there was none."""
 
     # -- shared settings and the change feed --
 

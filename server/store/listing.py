@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.domain.job import State
-from server.domain.listing import AllOf, Comparison, Field, ListQuery
+from server.domain.listing import AllOf, Comparison, Cursor, Field, ListQuery
 from server.store import records
 
 _COLUMNS = {Field.STATE: "state", Field.CREATE_TIME: "create_time_us", Field.NAME: "name"}
@@ -58,3 +58,17 @@ def _sql_value(term: Comparison) -> Any:
     if term.field is Field.CREATE_TIME:
         return records.to_us(term.value)  # type: ignore[arg-type]
     return term.value
+
+
+def operations_sql(
+    location: str, limit: int, after: Cursor | None, mark: str
+) -> tuple[str, list[Any]]:
+    """A location's operations, newest first (then by name, descending), after `after`."""
+    sql = f"SELECT {records.OPERATION_COLUMNS} FROM operations WHERE location = {mark}"
+    args: list[Any] = [location]
+    if after is not None:
+        sql += f" AND (create_time_us < {mark} OR (create_time_us = {mark} AND name < {mark}))"
+        args.extend([after.create_time_us, after.create_time_us, after.name])
+    sql += f" ORDER BY create_time_us DESC, name DESC LIMIT {mark}"
+    args.append(limit)
+    return sql, args

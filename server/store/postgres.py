@@ -36,7 +36,8 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from server.domain.job import CloneJob, State
-from server.domain.listing import ListQuery
+from server.domain.listing import Cursor, ListQuery
+from server.domain.operation import Operation
 from server.store import records, schema
 from server.store.base import (
     ChangeListener,
@@ -48,7 +49,7 @@ from server.store.base import (
     StoreError,
     StoreUnavailableError,
 )
-from server.store.listing import UNFINISHED_STATES, list_sql
+from server.store.listing import UNFINISHED_STATES, list_sql, operations_sql
 
 log = logging.getLogger(__name__)
 
@@ -320,17 +321,28 @@ class PostgresJobStore:
 
     # -- writes --
 
-    async def create(self, job: CloneJob) -> None:
+    async def create(self, job: CloneJob, *, operation: Operation | None = None) -> None:
         record = records.dump(job)
+        # The operation, if any, is inserted by the same statement, only with the job.
+        with_operation = (
+            ", op AS ("
+            f" INSERT INTO operations ({records.OPERATION_COLUMNS})"
+            " SELECT %s, %s, %s, %s, %s, %s FROM new)"
+            if operation is not None
+            else ""
+        )
+        args = records.insert_values(job, record)
+        if operation is not None:
+            args += records.operation_values(operation)
         async with self._connection() as conn:
             cursor = await conn.execute(
                 "WITH new AS ("
                 " INSERT INTO clone_jobs (name, parent, request_id, state, create_time_us,"
                 "  revision, record) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT DO NOTHING RETURNING name, revision, record)"
+                f" ON CONFLICT DO NOTHING RETURNING name, revision, record){with_operation}"
                 " INSERT INTO clone_job_revisions (name, revision, record)"
                 " SELECT name, revision, record FROM new",
-                records.insert_values(job, record),
+                args,
             )
             if cursor.rowcount == 1:
                 return
@@ -570,6 +582,45 @@ class PostgresJobStore:
     async def count_by_state(self) -> Mapping[State, int]:
         rows = await self._rows("SELECT state, count(*) FROM clone_jobs GROUP BY state", ())
         return {State(int(state)): int(count) for state, count in rows}
+
+    # -- operations --
+
+    async def add_operation(self, operation: Operation) -> Operation:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"INSERT INTO operations ({records.OPERATION_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                records.operation_values(operation),
+            )
+            if cursor.rowcount == 1:
+                return operation
+            # ON CONFLICT waited for any rival insert to commit: this statement sees it.
+            cursor = await conn.execute(
+                f"SELECT {records.OPERATION_COLUMNS} FROM operations"
+                " WHERE target = %s AND verb = %s",
+                (operation.target, operation.verb.value),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            raise StoreError(f"{operation.name}: the insert conflicted with no operation")
+        return records.load_operation(row)
+
+    async def get_operation(self, name: str) -> Operation | None:
+        rows = await self._rows(
+            f"SELECT {records.OPERATION_COLUMNS} FROM operations WHERE name = %s", (name,)
+        )
+        return records.load_operation(rows[0]) if rows else None
+
+    async def list_operations(
+        self, location: str, *, limit: int, after: Cursor | None = None
+    ) -> Sequence[Operation]:
+        sql, args = operations_sql(location, limit, after, "%s")
+        return [records.load_operation(row) for row in await self._rows(sql, args)]
+
+    async def delete_operation(self, name: str) -> bool:
+        async with self._connection() as conn:
+            cursor = await conn.execute("DELETE FROM operations WHERE name = %s", (name,))
+            return cursor.rowcount == 1
 
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
         sql, args = list_sql(query, "%s")

@@ -18,6 +18,7 @@ from server.domain.job import (
     TargetResult,
     TargetSpec,
 )
+from server.domain.operation import Operation, Verb
 
 
 def _time(value: datetime | None) -> int | None:
@@ -140,4 +141,30 @@ def load(text: str) -> CloneJob:
         request_id=r["request_id"],
         request_hash=r["request_hash"],
         revision=r["revision"],
+    )
+
+
+# The columns of an operations row, in the order both stores write and read them.
+OPERATION_COLUMNS = "name, location, target, verb, create_time_us, job_record"
+
+
+def operation_values(operation: Operation) -> tuple[Any, ...]:
+    return (
+        operation.name,
+        operation.location,
+        operation.target,
+        operation.verb.value,
+        to_us(operation.create_time),
+        None if operation.job is None else dump(operation.job),
+    )
+
+
+def load_operation(row: Any) -> Operation:
+    name, _, target, verb, create_time_us, job_record = row
+    return Operation(
+        name=name,
+        target=target,
+        verb=Verb(verb),
+        create_time=from_us(int(create_time_us)),
+        job=None if job_record is None else load(job_record),
     )

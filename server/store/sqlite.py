@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from server.domain.job import CloneJob, State
-from server.domain.listing import ListQuery
+from server.domain.listing import Cursor, ListQuery
+from server.domain.operation import Operation
 from server.store import records, schema
 from server.store.base import (
     ChangeListener,
@@ -34,7 +35,7 @@ from server.store.base import (
     LeaseLostError,
     StoreError,
 )
-from server.store.listing import UNFINISHED_STATES, list_sql
+from server.store.listing import UNFINISHED_STATES, list_sql, operations_sql
 
 T = TypeVar("T")
 
@@ -72,6 +73,11 @@ CLAIM_CANCELLING_SQL = (
     "   AND (lease_expires IS NULL OR lease_expires <= ?)"
     "  ORDER BY create_time_us, name LIMIT ?"
     ") RETURNING create_time_us, name, lease_epoch, record"
+)
+
+
+_INSERT_OPERATION_SQL = (
+    f"INSERT INTO operations ({records.OPERATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -214,8 +220,8 @@ class SqliteJobStore:
     # lease) fails alone; every caller is answered only after the COMMIT that
     # holds its change.
 
-    async def create(self, job: CloneJob) -> None:
-        await self._write(functools.partial(self._insert, job))
+    async def create(self, job: CloneJob, *, operation: Operation | None = None) -> None:
+        await self._write(functools.partial(self._insert, job, operation))
 
     async def update(
         self, job: CloneJob, *, expected_revision: int, epoch: int | None = None
@@ -272,7 +278,7 @@ class SqliteJobStore:
             raise
         return outcomes
 
-    def _insert(self, job: CloneJob, conn: sqlite3.Connection) -> None:
+    def _insert(self, job: CloneJob, operation: Operation | None, conn: sqlite3.Connection) -> None:
         record = records.dump(job)
         try:
             conn.execute(
@@ -292,6 +298,8 @@ class SqliteJobStore:
             "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
             (job.name, job.revision, record),
         )
+        if operation is not None:
+            conn.execute(_INSERT_OPERATION_SQL, records.operation_values(operation))
 
     def _replace(
         self, job: CloneJob, expected_revision: int, epoch: int | None, conn: sqlite3.Connection
@@ -492,6 +500,51 @@ class SqliteJobStore:
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
         sql, args = list_sql(query, "?")
         return await self._many(sql, tuple(args))
+
+    # -- operations --
+
+    async def add_operation(self, operation: Operation) -> Operation:
+        def add(conn: sqlite3.Connection) -> Operation:
+            conn.execute(
+                _INSERT_OPERATION_SQL.replace("INSERT", "INSERT OR IGNORE", 1),
+                records.operation_values(operation),
+            )
+            row = conn.execute(
+                f"SELECT {records.OPERATION_COLUMNS} FROM operations WHERE target = ? AND verb = ?",
+                (operation.target, operation.verb.value),
+            ).fetchone()
+            return records.load_operation(row)
+
+        return await self._write(add)
+
+    async def get_operation(self, name: str) -> Operation | None:
+        def read() -> Operation | None:
+            row = (
+                self._r()
+                .execute(
+                    f"SELECT {records.OPERATION_COLUMNS} FROM operations WHERE name = ?", (name,)
+                )
+                .fetchone()
+            )
+            return None if row is None else records.load_operation(row)
+
+        return await self._run(self._reader, read)
+
+    async def list_operations(
+        self, location: str, *, limit: int, after: Cursor | None = None
+    ) -> Sequence[Operation]:
+        sql, args = operations_sql(location, limit, after, "?")
+
+        def read() -> list[Operation]:
+            return [records.load_operation(r) for r in self._r().execute(sql, args).fetchall()]
+
+        return await self._run(self._reader, read)
+
+    async def delete_operation(self, name: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM operations WHERE name = ?", (name,)).rowcount == 1
+
+        return await self._write(delete)
 
 
 def _live(conn: sqlite3.Connection, name: str, epoch: int, now: float) -> bool:

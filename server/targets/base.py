@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from server.domain.job import CloneJob, TargetResult
-from server.domain.names import MigratingVmName
+from server.domain.migrating_vm import MigratingVm
+from server.domain.names import MigratingVmName, SourceName
 
 # Called from a worker thread with (bytes done, bytes total).
 ProgressFn = Callable[[int, int], None]
@@ -47,6 +48,13 @@ class Target(Protocol):
     async def latest_cycle(self, migrating_vm: MigratingVmName) -> str:
         """The latest completed replication cycle; MigratingVmNotFoundError or
         NoCompletedCycleError when there is none."""
+
+    async def migrating_vm(self, name: MigratingVmName) -> MigratingVm:
+        """The migrating VM, from its replication cycles; MigratingVmNotFoundError
+        when it has none."""
+
+    async def migrating_vms(self, source: SourceName) -> list[MigratingVm]:
+        """The source's migrating VMs that have replication cycles, by name."""
 
     async def prepare_disks(
         self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence

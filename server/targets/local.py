@@ -30,6 +30,7 @@ import os
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ from server.domain.job import (
     TargetKind,
     TargetResult,
 )
-from server.domain.names import CloneJobName, MigratingVmName
+from server.domain.migrating_vm import MigratingVm
+from server.domain.names import CloneJobName, MigratingVmName, SourceName
 from server.targets import disk_image
 from server.targets.base import Fence, ProgressFn
 from server.targets.faults import FaultPlan
@@ -124,6 +126,66 @@ class LocalTarget:
                 continue
             return str(number)
         raise NoCompletedCycleError(str(vm))
+
+    async def migrating_vm(self, name: MigratingVmName) -> MigratingVm:
+        """The VM's cycles as the snapshot store holds them; MigratingVmNotFoundError
+        when it has none."""
+        found = await asyncio.to_thread(self._migrating_vm, name)
+        if found is None:
+            raise MigratingVmNotFoundError(str(name))
+        return found
+
+    async def migrating_vms(self, source: SourceName) -> list[MigratingVm]:
+        """Every migrating VM of the source that has replication cycles, by name."""
+        return await asyncio.to_thread(self._migrating_vms, source)
+
+    def _migrating_vms(self, source: SourceName) -> list[MigratingVm]:
+        folder = self._inside(self.snapshots, *str(source).split("/"), "migratingVms")
+        try:
+            ids = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        except OSError:
+            return []
+        found = []
+        for vm_id in ids:
+            try:
+                name = MigratingVmName.parse(f"{source}/migratingVms/{vm_id}")
+            except ValueError:  # a folder that is no migrating VM's
+                continue
+            vm = self._migrating_vm(name)
+            if vm is not None:
+                found.append(vm)
+        return found
+
+    def _migrating_vm(self, name: MigratingVmName) -> MigratingVm | None:
+        cycles = self._inside(self.vm_dir(name), "cycles")
+        try:
+            numbers = sorted(int(p.name) for p in cycles.iterdir() if p.name.isdigit())
+        except OSError:
+            return None
+        if not numbers:
+            return None
+        first = self.cycle_dir(name, str(numbers[0]))
+        try:
+            create_time = _mtime(first / MANIFEST if (first / MANIFEST).exists() else first)
+        except OSError:
+            return None
+        last_sync: datetime | None = None
+        source_vm_id = name.migrating_vm
+        for number in reversed(numbers):
+            try:
+                self.read_cycle(name, str(number))
+                manifest = self.cycle_dir(name, str(number)) / MANIFEST
+                last_sync = _mtime(manifest)
+                source_vm_id = str(json.loads(manifest.read_text()).get("source_vm_id") or "")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            break
+        return MigratingVm(
+            name=str(name),
+            source_vm_id=source_vm_id or name.migrating_vm,
+            create_time=create_time,
+            last_sync=last_sync,
+        )
 
     def read_cycle(self, vm: MigratingVmName, cycle: str) -> list[SnapshotDisk]:
         """The disks of a completed cycle; ValueError when the upload is incomplete."""
@@ -473,6 +535,10 @@ def _remove_older_epoch_files(folder: Path, prefix: str, epoch: int) -> None:
         number = path.name[len(prefix) : -len(".tmp")]
         if number.isdigit() and int(number) < epoch:
             path.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
 
 
 def _write_synced(path: Path, body: bytes) -> None:

@@ -43,6 +43,7 @@ from server.domain.listing import (
     parse_filter,
     parse_order_by,
 )
+from server.domain.operation import Operation, Verb
 from server.store import (
     PostgresJobStore,
     SqliteJobStore,
@@ -63,6 +64,7 @@ from server.store.base import (
 )
 from server.store.listing import UNFINISHED_STATES
 from server.store.postgres import APPLICATION_NAME, LISTEN_APPLICATION_NAME
+from server.store.records import to_us
 from server.store.sqlite import CLAIM_SQL, migrations
 from tests import pg
 
@@ -747,6 +749,79 @@ class TestJobStoreContract:
         await store.listen(listener)
         assert await listener.next() == ("available", True)
 
+    # -- operations --
+
+    async def test_store_create_with_operation_commits_both(self, store: JobStore) -> None:
+        job = make_job("j")
+        operation = Operation.new(target=job.name, verb=Verb.CREATE, now=T0, job=job)
+        await store.create(job, operation=operation)
+        assert await store.get(job.name) == job
+        assert await store.get_operation(operation.name) == operation
+
+    async def test_store_create_duplicate_stores_no_operation(self, store: JobStore) -> None:
+        job = make_job("j")
+        await store.create(job)
+        operation = Operation.new(target=job.name, verb=Verb.CREATE, now=T0, job=job)
+        with pytest.raises(DuplicateJobError):
+            await store.create(job, operation=operation)
+        assert await store.get_operation(operation.name) is None
+
+    async def test_store_add_operation_keeps_one_per_job_and_verb(self, store: JobStore) -> None:
+        job = await stored(store, make_job("j"), State.ACTIVE)
+        first = Operation.new(target=job.name, verb=Verb.CANCEL, now=at(1))
+        again = Operation.new(target=job.name, verb=Verb.CANCEL, now=at(2))
+        assert await store.add_operation(first) == first
+        assert await store.add_operation(again) == first
+        assert await store.get_operation(again.name) is None
+        created = Operation.new(target=job.name, verb=Verb.CREATE, now=at(3), job=job)
+        assert await store.add_operation(created) == created
+
+    async def test_store_operations_are_seen_by_every_server(self, backend: Backend) -> None:
+        store = await backend.open()
+        peer = await backend.peer(store)
+        job = make_job("j")
+        operation = Operation.new(target=job.name, verb=Verb.CREATE, now=T0, job=job)
+        await store.create(job, operation=operation)
+        assert await peer.get_operation(operation.name) == operation
+        raced = Operation.new(target=job.name, verb=Verb.CREATE, now=at(1), job=job)
+        assert await peer.add_operation(raced) == operation
+
+    async def test_store_list_operations_newest_first_by_location(self, store: JobStore) -> None:
+        made = []
+        for i in range(5):
+            job = make_job(f"j{i}")
+            operation = Operation.new(target=job.name, verb=Verb.CREATE, now=at(i % 3), job=job)
+            await store.create(job, operation=operation)
+            made.append(operation)
+        elsewhere = make_job("far", parent="projects/p/locations/m/sources/s/migratingVms/vm")
+        await store.create(
+            elsewhere,
+            operation=Operation.new(target=elsewhere.name, verb=Verb.CREATE, now=T0, job=elsewhere),
+        )
+        expected = sorted(made, key=lambda o: (o.create_time, o.name), reverse=True)
+        assert await store.list_operations("projects/p/locations/l", limit=10) == expected
+        pages: list[Operation] = []
+        after: Cursor | None = None
+        while True:
+            page = await store.list_operations("projects/p/locations/l", limit=2, after=after)
+            pages.extend(page)
+            if len(page) < 2:
+                break
+            after = Cursor(create_time_us=to_us(page[-1].create_time), name=page[-1].name)
+        assert pages == expected
+
+    async def test_store_delete_operation_keeps_the_job(self, store: JobStore) -> None:
+        job = make_job("j")
+        operation = Operation.new(target=job.name, verb=Verb.CREATE, now=T0, job=job)
+        await store.create(job, operation=operation)
+        assert await store.delete_operation(operation.name) is True
+        assert await store.delete_operation(operation.name) is False
+        assert await store.get_operation(operation.name) is None
+        assert await store.get(job.name) == job
+        # Forgotten, a job may get a new operation of the same verb.
+        again = Operation.new(target=job.name, verb=Verb.CREATE, now=at(1), job=job)
+        assert await store.add_operation(again) == again
+
 
 def _sorted(jobs: list[CloneJob], order: OrderBy) -> list[CloneJob]:
     if order.field is Field.NAME:
@@ -925,7 +1000,7 @@ class TestSqliteJobStore:
             indexes = {row[1] for row in conn.execute("PRAGMA index_list(clone_jobs)")}
         finally:
             conn.close()
-        assert version == len(migrations()) == 3
+        assert version == len(migrations()) == 4
         assert {"lease_owner", "lease_epoch", "lease_expires"} <= columns
         assert "clone_jobs_claim" in indexes
 
