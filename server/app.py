@@ -13,9 +13,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from clonejob_grpc import clone_job_service_pb2 as spb
-from server.api import registration
+from server.api import operations, registration, vmmigration
+from server.api.operations import OperationsService
 from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService
+from server.api.vmmigration import VmMigrationService
 from server.config import Config
 from server.domain.job import State
 from server.engine import Engine, Hub
@@ -109,9 +111,10 @@ class App:
         if config.metrics_listen is not None:
             self.metrics_port = await self.metrics.serve(config.metrics_listen)
         # 2. The gRPC server, bound but not yet serving the job service as healthy.
+        page_tokens = PageTokens(await self.store.page_token_key(PAGE_TOKEN_KEY_BYTES))
         self.servicer = CloneJobService(
             self.engine,
-            PageTokens(await self.store.page_token_key(PAGE_TOKEN_KEY_BYTES)),
+            page_tokens,
             heartbeat_interval=config.heartbeat_interval,
             max_watches=config.max_watches,
         )
@@ -123,11 +126,37 @@ class App:
         )
         server = grpc.aio.server(interceptors=[RpcObserver(self.metrics)], options=SERVER_OPTIONS)
         authorizer = TokenAuthorizer.load(config.tokens_file) if config.tokens_file else None
+        # clonejob.v1, and beside it Google's VmMigration (its clone-job part) with
+        # google.longrunning.Operations, on the same jobs and engine.
         registration.add_to_server(self.servicer, server, authorizer)
+        registration.add_service(
+            server,
+            vmmigration.SERVICE,
+            VmMigrationService(self.engine, self.servicer, page_tokens),
+            vmmigration.REQUEST_TYPES,
+            authorizer,
+        )
+        registration.add_service(
+            server,
+            operations.SERVICE,
+            OperationsService(self.engine, page_tokens),
+            operations.REQUEST_TYPES,
+            authorizer,
+        )
+        registration.add_unserved(
+            server,
+            vmmigration.SERVICE_NAME,
+            vmmigration.all_methods(),
+            f"{vmmigration.SERVED} of {vmmigration.SERVICE_NAME},"
+            f" and {operations.SERVICE.full_name}",
+            authorizer,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                vmmigration.SERVICE_NAME,
+                operations.SERVICE.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

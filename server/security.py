@@ -9,9 +9,14 @@ It holds digests, never tokens (`clonejob-server hash-token` makes one). A calle
 sends `authorization: Bearer <token>`. No or an unknown token: UNAUTHENTICATED.
 A token used on a project it does not list (`"*"` lists all): PERMISSION_DENIED,
 decided from the request's name alone, before anything is looked up, so it says
-nothing about whether the job exists. A read token may Get, List and Watch; a
-write token may also Create and Cancel. Digests are compared in constant time and
-neither tokens nor digests are logged.
+nothing about whether the job exists. Methods are decided by their full path
+(`/package.Service/Method`), deny by default: a read token may call only the
+methods that change nothing (`READ_METHODS`), a write token also the ones in
+`WRITE_METHODS`, and a method in neither is refused to every token, so a new
+surface opens no door by accident. The project checked is the one in the
+request's `name` or `parent` (a clone job, migrating VM, source, location or
+operation). Digests are compared in constant time and neither tokens nor
+digests are logged.
 """
 
 from __future__ import annotations
@@ -29,8 +34,36 @@ import grpc
 
 from server.api.errors import ApiError
 
-READ_METHODS = frozenset({"GetCloneJob", "ListCloneJobs", "WatchCloneJob"})
-WRITE_METHODS = frozenset({"CreateCloneJob", "CancelCloneJob"})
+_CLONEJOB = "/clonejob.v1.CloneJobService/"
+_VMMIGRATION = "/google.cloud.vmmigration.v1.VmMigration/"
+_OPERATIONS = "/google.longrunning.Operations/"
+
+# Every method a token may call, by full path: those that change nothing...
+READ_METHODS = frozenset(
+    {
+        _CLONEJOB + "GetCloneJob",
+        _CLONEJOB + "ListCloneJobs",
+        _CLONEJOB + "WatchCloneJob",
+        _VMMIGRATION + "GetCloneJob",
+        _VMMIGRATION + "ListCloneJobs",
+        _VMMIGRATION + "GetMigratingVm",
+        _VMMIGRATION + "ListMigratingVms",
+        _OPERATIONS + "GetOperation",
+        _OPERATIONS + "ListOperations",
+        _OPERATIONS + "WaitOperation",
+    }
+)
+# ...and those that need write access.
+WRITE_METHODS = frozenset(
+    {
+        _CLONEJOB + "CreateCloneJob",
+        _CLONEJOB + "CancelCloneJob",
+        _VMMIGRATION + "CreateCloneJob",
+        _VMMIGRATION + "CancelCloneJob",
+        _OPERATIONS + "DeleteOperation",
+        _OPERATIONS + "CancelOperation",
+    }
+)
 
 
 class SecurityConfigError(ValueError):
@@ -103,25 +136,38 @@ class TokenAuthorizer:
             )
         return found
 
+    def authenticate(self, metadata: Sequence[tuple[str, Any]]) -> None:
+        """Raise ApiError (UNAUTHENTICATED) unless the caller sent a valid token."""
+        self._grant(metadata)
+
     def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
-        """Raise ApiError unless the caller may call `method` on the request's projects.
+        """Raise ApiError unless the caller may call `method` (its full path) on the
+        request's projects.
 
         `request` is None when it could not be parsed: the caller is still
         authenticated first, so a caller without a token learns nothing else.
         """
         grant = self._grant(metadata)
+        short = method.rpartition("/")[2]
+        if method not in READ_METHODS and method not in WRITE_METHODS:
+            raise ApiError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "METHOD_NOT_ALLOWED",
+                f"{method[:200]} is not a method any token may call",
+                {"method": method[:200]},
+            )
         if method in WRITE_METHODS and not grant.write:
             raise ApiError(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "WRITE_ACCESS_REQUIRED",
-                f"{method} needs a token with write access; this one may only read",
-                {"method": method},
+                f"{short} needs a token with write access; this one may only read",
+                {"method": short},
             )
         if request is None:
             return
         resource = getattr(request, "parent", "") or getattr(request, "name", "")
         projects = [project_of(resource)]
-        if method == "CreateCloneJob":
+        if short == "CreateCloneJob":
             # The target project is written to as well: the token must cover it too.
             projects.append(request.clone_job.compute_engine_target_details.project or None)
         for project in projects:

@@ -7,8 +7,10 @@ carries a google.rpc.BadRequest naming every bad field by its proto path.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -19,6 +21,11 @@ from server.domain import errors as e
 from server.domain.job import InvalidTransitionError
 from server.domain.validation import Violation
 from server.store.base import ConflictError, StoreError
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger("clonejob.api")
 
 DOMAIN = "clonejob.v1"
 
@@ -112,6 +119,8 @@ def from_exception(error: Exception) -> ApiError | None:
             return error
         case e.JobNotFoundError():
             return ApiError(s.NOT_FOUND, "CLONE_JOB_NOT_FOUND", str(error), {"name": error.name})
+        case e.OperationNotFoundError():
+            return ApiError(s.NOT_FOUND, "OPERATION_NOT_FOUND", str(error), {"name": error.name})
         case e.MigratingVmNotFoundError():
             return ApiError(
                 s.NOT_FOUND, "MIGRATING_VM_NOT_FOUND", str(error), {"migrating_vm": error.name}
@@ -179,3 +188,16 @@ def from_exception(error: Exception) -> ApiError | None:
         case StoreError():
             return ApiError(s.UNAVAILABLE, "STORE_UNAVAILABLE", f"the job store failed: {error}")
     return None
+
+
+async def abort(context: Context, error: Exception) -> NoReturn:
+    """End the call with the status of `error`; INTERNAL (logged) for a bug."""
+    api = from_exception(error)
+    if api is None:
+        log.exception("unexpected error", exc_info=error)
+        api = ApiError(
+            grpc.StatusCode.INTERNAL, "INTERNAL", "an internal error occurred; it was logged"
+        )
+    status = api.to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # pragma: no cover

@@ -20,7 +20,7 @@ from server.domain.job import CloneJob, JobError, Progress, StepKind, TargetKind
 _VM_OUTPUT_ONLY = ("applied_license", "boot_option")
 
 
-def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
@@ -125,16 +125,16 @@ def _build_job(job: CloneJob) -> pb.CloneJob:
     out = pb.CloneJob(
         name=job.name,
         state=cast(Any, int(job.state)),
-        create_time=_ts(job.create_time),
-        state_time=_ts(job.state_time),
+        create_time=timestamp(job.create_time),
+        state_time=timestamp(job.state_time),
     )
     if job.end_time is not None:
-        out.end_time.CopyFrom(_ts(job.end_time))
+        out.end_time.CopyFrom(timestamp(job.end_time))
     for step in job.steps:
         s = out.steps.add()
-        s.start_time.CopyFrom(_ts(step.start_time))
+        s.start_time.CopyFrom(timestamp(step.start_time))
         if step.end_time is not None:
-            s.end_time.CopyFrom(_ts(step.end_time))
+            s.end_time.CopyFrom(timestamp(step.end_time))
         if step.kind is StepKind.PREPARING_VM_DISKS:
             s.preparing_vm_disks.SetInParent()
         elif step.kind is StepKind.ADAPTING_OS:

@@ -1,24 +1,39 @@
-"""Registers the servicer with request parsing that cannot crash a call.
+"""Registers servicers with request parsing that cannot crash a call.
 
 The generated `add_CloneJobServiceServicer_to_server` parses requests with
 `FromString`, and a request that is not valid protobuf (random bytes, invalid
 UTF-8 in a string) then fails with UNKNOWN. Here such a request reaches no
 handler: it gets INVALID_ARGUMENT with reason MALFORMED_REQUEST. When tokens are
-configured, the caller is authorized here too, from the parsed request's name,
-before the handler looks anything up. Responses that
-are already bytes (watch events serialized once for every watcher) are sent as
-they are.
+configured, the caller is authorized here too, by the method's full path and
+from the parsed request's name, before the handler looks anything up.
+Responses that are already bytes (watch events serialized once for every
+watcher) are sent as they are.
+
+One function registers any service from its descriptor, with the class each
+method's request is parsed with: clonejob.v1, Google's VmMigration (whose
+clone-job requests are parsed with clonejob.v1's wire-compatible classes) and
+google.longrunning.Operations all go through the same guard. `add_unserved`
+answers every other method of a service UNIMPLEMENTED, naming what is served.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+    Set,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from clonejob_grpc import clone_job_pb2, clone_job_service_pb2
@@ -61,7 +76,11 @@ def _malformed(request: MalformedRequest) -> grpc.Status:
 
 class Authorizer(Protocol):
     def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
-        """Raise ApiError unless the caller may make this call."""
+        """Raise ApiError unless the caller may make this call (`method` is the
+        full path, `/package.Service/Method`)."""
+
+    def authenticate(self, metadata: Sequence[tuple[str, Any]]) -> None:
+        """Raise ApiError unless the caller has a valid token."""
 
 
 async def _admit(name: str, request: Any, context: Context, authorizer: Authorizer | None) -> None:
@@ -119,22 +138,98 @@ def _message_class(name: str) -> type[Message]:
 def add_to_server(
     servicer: object, server: grpc.aio.Server, authorizer: Authorizer | None = None
 ) -> None:
+    """Register clonejob.v1.CloneJobService."""
+    add_service(
+        server,
+        SERVICE,
+        servicer,
+        {method.name: _message_class(method.input_type.name) for method in SERVICE.methods},
+        authorizer,
+    )
+
+
+def add_service(
+    server: grpc.aio.Server,
+    service: ServiceDescriptor,
+    servicer: object,
+    request_types: Mapping[str, type[Message]],
+    authorizer: Authorizer | None = None,
+) -> None:
+    """Register each method of `service` that `request_types` names: its handler is
+    the servicer's method of that name, its request parsed with that class."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in SERVICE.methods:
+    for method in service.methods:
+        if method.name not in request_types:
+            continue
         impl = getattr(servicer, method.name)
-        parse = _parser(_message_class(method.input_type.name))
+        path = f"/{service.full_name}/{method.name}"
+        parse = _parser(request_types[method.name])
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _guard_stream(method.name, impl, authorizer),
+                _guard_stream(path, impl, authorizer),
                 request_deserializer=parse,
                 response_serializer=_serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guard_unary(method.name, impl, authorizer),
+                _guard_unary(path, impl, authorizer),
                 request_deserializer=parse,
                 response_serializer=_serialize,
             )
-    generic = grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+class _Unserved(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """UNIMPLEMENTED, with what is served instead, for the other methods of a service.
+
+    Only the service's known methods get this answer (and a metrics label): any
+    other path gets grpc's own UNIMPLEMENTED, so no client can mint labels."""
+
+    def __init__(
+        self, service: str, methods: Set[str], served: str, authorizer: Authorizer | None
+    ) -> None:
+        self._prefix = f"/{service}/"
+        self._methods = methods
+        self._served = served
+        self._authorizer = authorizer
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        path = str(handler_call_details.method)
+        method = path[len(self._prefix) :]
+        if not path.startswith(self._prefix) or method not in self._methods:
+            return None
+
+        async def unserved(request: bytes, context: Context) -> bytes:
+            if self._authorizer is not None:  # no token, no information
+                try:
+                    self._authorizer.authenticate(tuple(context.invocation_metadata() or ()))
+                except ApiError as denied:
+                    status = denied.to_status()
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+            status = ApiError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "METHOD_NOT_SERVED",
+                f"{self._prefix[1:]}{method} is not served here; this service serves"
+                f" {self._served}",
+                {"method": self._prefix + method},
+            ).to_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise AssertionError("abort returned")  # pragma: no cover
+
+        return grpc.unary_unary_rpc_method_handler(unserved)
+
+
+def add_unserved(
+    server: grpc.aio.Server,
+    service: str,
+    methods: Set[str],
+    served: str,
+    authorizer: Authorizer | None = None,
+) -> None:
+    """Answer the `methods` of `service` that no handler serves with UNIMPLEMENTED;
+    register it after the service's own handlers."""
+    server.add_generic_rpc_handlers((_Unserved(service, methods, served, authorizer),))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 
@@ -13,9 +13,9 @@ from clonejob_grpc import clone_job_pb2 as pb
 from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
 from server.api import mapping
-from server.api.errors import ApiError, from_exception, invalid_argument
+from server.api.errors import ApiError, abort, invalid_argument
 from server.api.page_tokens import InvalidPageTokenError, PageTokens
-from server.domain.job import CloneJob
+from server.domain.job import TargetSpec
 from server.domain.listing import (
     Cursor,
     InvalidQueryError,
@@ -49,6 +49,81 @@ MAX_CLONE_JOB_BYTES = 1024 * 1024
 MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
+class NewJob(TypedDict):
+    """A validated Create request, as the engine's `create` takes it."""
+
+    name: CloneJobName
+    target: TargetSpec
+    request_id: str
+    request_hash: str
+
+
+def new_job(request: spb.CreateCloneJobRequest) -> NewJob:
+    """Validate a Create request of either surface (their messages are
+    wire-compatible, and parsing Google's with ours keeps the checks its `oneof`
+    would hide); INVALID_ARGUMENT naming every bad field."""
+    out: list[Violation] = []
+    parent = check_parent(request.parent, "parent", out)
+    if not request.clone_job_id:
+        out.append(Violation("clone_job_id", "is required"))
+    elif not RFC1035.fullmatch(request.clone_job_id):
+        shown = request.clone_job_id[:80]
+        out.append(Violation("clone_job_id", f"{shown!r} {RFC1035_RULE}"))
+    check_request_id(request.request_id, out)
+    target = None
+    clean = mapping.clear_output_only(request.clone_job)
+    has_vm = clean.HasField("compute_engine_target_details")
+    has_disks = clean.HasField("compute_engine_disks_target_details")
+    if not request.HasField("clone_job"):
+        out.append(Violation("clone_job", "is required"))
+    elif has_vm and has_disks:
+        out.append(
+            Violation(
+                "clone_job.compute_engine_disks_target_details",
+                "only one kind of target details may be set: choose"
+                " compute_engine_target_details (a VM) or"
+                " compute_engine_disks_target_details (disks only)",
+            )
+        )
+    elif not has_vm and not has_disks:
+        out.append(
+            Violation(
+                "clone_job.compute_engine_target_details",
+                "is required: set compute_engine_target_details to clone a VM, or"
+                " compute_engine_disks_target_details to clone its disks only",
+            )
+        )
+    elif has_vm:
+        target = check_vm_target(mapping.to_dict(clean.compute_engine_target_details), parent, out)
+    elif parent is not None:
+        target = disks_target(
+            mapping.to_dict(clean.compute_engine_disks_target_details), parent, out
+        )
+    if clean.ByteSize() > MAX_CLONE_JOB_BYTES:
+        out.append(
+            Violation(
+                "clone_job",
+                f"is {clean.ByteSize()} bytes; at most {MAX_CLONE_JOB_BYTES} are allowed",
+            )
+        )
+    if out or parent is None or target is None:
+        raise invalid_argument(out)
+    return NewJob(
+        name=CloneJobName(parent=parent, clone_job_id=request.clone_job_id),
+        target=target,
+        request_id=request.request_id.lower(),
+        request_hash=mapping.request_hash(request, clean),
+    )
+
+
+def job_name(value: str) -> CloneJobName:
+    out: list[Violation] = []
+    name = check_job_name(value, "name", out)
+    if name is None:
+        raise invalid_argument(out)
+    return name
+
+
 class CloneJobService(spb_grpc.CloneJobServiceServicer):
     def __init__(
         self,
@@ -64,105 +139,29 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
         self._max_watches = max_watches
         self.open_watches = 0
 
-    @staticmethod
-    async def _abort(context: Context, error: Exception) -> NoReturn:
-        api = from_exception(error)
-        if api is None:
-            log.exception("unexpected error", exc_info=error)
-            api = ApiError(
-                grpc.StatusCode.INTERNAL, "INTERNAL", "an internal error occurred; it was logged"
-            )
-        status = api.to_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        raise AssertionError("abort returned")  # pragma: no cover
-
     # -- Create --
 
     async def CreateCloneJob(self, request: spb.CreateCloneJobRequest, context: Context) -> bytes:
         try:
-            job = await self._create(request)
+            job = await self._engine.create(**new_job(request))
         except Exception as error:
-            await self._abort(context, error)
+            await abort(context, error)
         return mapping.job_bytes(job)  # serialized once per revision
-
-    async def _create(self, request: spb.CreateCloneJobRequest) -> CloneJob:
-        out: list[Violation] = []
-        parent = check_parent(request.parent, "parent", out)
-        if not request.clone_job_id:
-            out.append(Violation("clone_job_id", "is required"))
-        elif not RFC1035.fullmatch(request.clone_job_id):
-            shown = request.clone_job_id[:80]
-            out.append(Violation("clone_job_id", f"{shown!r} {RFC1035_RULE}"))
-        check_request_id(request.request_id, out)
-        target = None
-        clean = mapping.clear_output_only(request.clone_job)
-        has_vm = clean.HasField("compute_engine_target_details")
-        has_disks = clean.HasField("compute_engine_disks_target_details")
-        if not request.HasField("clone_job"):
-            out.append(Violation("clone_job", "is required"))
-        elif has_vm and has_disks:
-            out.append(
-                Violation(
-                    "clone_job.compute_engine_disks_target_details",
-                    "only one kind of target details may be set: choose"
-                    " compute_engine_target_details (a VM) or"
-                    " compute_engine_disks_target_details (disks only)",
-                )
-            )
-        elif not has_vm and not has_disks:
-            out.append(
-                Violation(
-                    "clone_job.compute_engine_target_details",
-                    "is required: set compute_engine_target_details to clone a VM, or"
-                    " compute_engine_disks_target_details to clone its disks only",
-                )
-            )
-        elif has_vm:
-            target = check_vm_target(
-                mapping.to_dict(clean.compute_engine_target_details), parent, out
-            )
-        elif parent is not None:
-            target = disks_target(
-                mapping.to_dict(clean.compute_engine_disks_target_details), parent, out
-            )
-        if clean.ByteSize() > MAX_CLONE_JOB_BYTES:
-            out.append(
-                Violation(
-                    "clone_job",
-                    f"is {clean.ByteSize()} bytes; at most {MAX_CLONE_JOB_BYTES} are allowed",
-                )
-            )
-        if out or parent is None or target is None:
-            raise invalid_argument(out)
-        return await self._engine.create(
-            name=CloneJobName(parent=parent, clone_job_id=request.clone_job_id),
-            target=target,
-            request_id=request.request_id.lower(),
-            request_hash=mapping.request_hash(request, clean),
-        )
 
     # -- Get, Cancel --
 
-    @staticmethod
-    def _job_name(value: str) -> CloneJobName:
-        out: list[Violation] = []
-        name = check_job_name(value, "name", out)
-        if name is None:
-            raise invalid_argument(out)
-        return name
-
     async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> bytes:
         try:
-            job = await self._engine.get(str(self._job_name(request.name)))
+            job = await self._engine.get(str(job_name(request.name)))
         except Exception as error:
-            await self._abort(context, error)
+            await abort(context, error)
         return mapping.job_bytes(job)  # serialized once per revision
 
     async def CancelCloneJob(self, request: spb.CancelCloneJobRequest, context: Context) -> bytes:
         try:
-            job = await self._engine.cancel(str(self._job_name(request.name)))
+            job = await self._engine.cancel(str(job_name(request.name)))
         except Exception as error:
-            await self._abort(context, error)
+            await abort(context, error)
         return mapping.job_bytes(job)  # serialized once per revision
 
     # -- List --
@@ -171,11 +170,12 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
         self, request: spb.ListCloneJobsRequest, context: Context
     ) -> spb.ListCloneJobsResponse:
         try:
-            return await self._list(request)
+            return await self.list_page(request)
         except Exception as error:
-            await self._abort(context, error)
+            await abort(context, error)
 
-    async def _list(self, request: spb.ListCloneJobsRequest) -> spb.ListCloneJobsResponse:
+    async def list_page(self, request: spb.ListCloneJobsRequest) -> spb.ListCloneJobsResponse:
+        """A page of ListCloneJobs, for either surface (their messages are wire-compatible)."""
         out: list[Violation] = []
         parent = check_parent(request.parent, "parent", out)
         if request.page_size < 0:
@@ -285,7 +285,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                     else:
                         yield mapping.watch_bytes(item)  # type: ignore[misc]
         except Exception as error:
-            await self._abort(context, error)
+            await abort(context, error)
         finally:
             if counted:
                 self.open_watches -= 1

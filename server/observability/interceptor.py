@@ -193,12 +193,12 @@ class RpcObserver(_Interceptor):
             seconds = time.perf_counter() - call.started
             code = _final_code(context, error)
             if self._metrics is not None:
-                self._metrics.observe_rpc(call.method, code.name, seconds)
+                self._metrics.observe_rpc(call.service, call.method, code.name, seconds)
             job = _resource(request)
             duration_ms = round(seconds * 1000, 3)
             log_rpc(
-                "%s %s %s %.1f ms %s",
-                (call.method, code.name, job or "-", duration_ms, call.peer),
+                "%s/%s %s %s %.1f ms %s",
+                (call.service, call.method, code.name, job or "-", duration_ms, call.peer),
                 {
                     "service": call.service,
                     "method": call.method,

@@ -43,15 +43,18 @@ class Metrics:
         r = self.registry
         # Method names come from registered handlers only (unknown methods never get
         # here), so these stay as small as the service.
-        self._rpc_counters: dict[tuple[str, str], Counter] = {}
-        self._rpc_histograms: dict[str, Histogram] = {}
+        self._rpc_counters: dict[tuple[str, str, str], Counter] = {}
+        self._rpc_histograms: dict[tuple[str, str], Histogram] = {}
         self.rpcs = Counter(
-            "clonejob_rpcs", "RPCs ended, by method and status code", ["method", "code"], registry=r
+            "clonejob_rpcs",
+            "RPCs ended, by service, method and status code",
+            ["service", "method", "code"],
+            registry=r,
         )
         self.rpc_duration = Histogram(
             "clonejob_rpc_duration_seconds",
             "RPC duration; for streams, the stream's lifetime",
-            ["method"],
+            ["service", "method"],
             buckets=RPC_BUCKETS,
             registry=r,
         )
@@ -89,16 +92,18 @@ class Metrics:
 
     # -- feeds --
 
-    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        # The labelled children are looked up once per (method, code), not per call.
-        counter = self._rpc_counters.get((method, code))
+    def observe_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
+        # The labelled children are looked up once per (service, method, code), not per call.
+        counter = self._rpc_counters.get((service, method, code))
         if counter is None:
-            counter = self._rpc_counters[(method, code)] = self.rpcs.labels(
-                method=method, code=code
+            counter = self._rpc_counters[(service, method, code)] = self.rpcs.labels(
+                service=service, method=method, code=code
             )
-        histogram = self._rpc_histograms.get(method)
+        histogram = self._rpc_histograms.get((service, method))
         if histogram is None:
-            histogram = self._rpc_histograms[method] = self.rpc_duration.labels(method=method)
+            histogram = self._rpc_histograms[(service, method)] = self.rpc_duration.labels(
+                service=service, method=method
+            )
         counter.inc()
         histogram.observe(seconds)
 

@@ -136,7 +136,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def rpcs(samples: Samples, method: str, code: str) -> float:
-    return value(samples, "clonejob_rpcs_total", method=method, code=code)
+    return value(samples, "clonejob_rpcs_total", service=SERVICE, method=method, code=code)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -186,7 +186,10 @@ async def test_metrics_count_a_clone_job_from_create_to_succeeded(
     assert value(after, "clonejob_open_watch_streams") == 0
     for method in ("CreateCloneJob", "WatchCloneJob"):
         count = "clonejob_rpc_duration_seconds_count"
-        assert value(after, count, method=method) == value(before, count, method=method) + 1
+        assert (
+            value(after, count, service=SERVICE, method=method)
+            == value(before, count, service=SERVICE, method=method) + 1
+        )
     jobs = "clonejob_jobs"
     assert value(after, jobs, state="SUCCEEDED") == value(before, jobs, state="SUCCEEDED") + 1
     for state in ("PENDING", "ACTIVE", "ADAPTING_OS", "CANCELLING"):
@@ -225,7 +228,8 @@ async def test_metrics_count_a_not_found_get_with_its_code(
     assert rpcs(after, "GetCloneJob", "OK") == rpcs(before, "GetCloneJob", "OK")
     count = "clonejob_rpc_duration_seconds_count"
     assert (
-        value(after, count, method="GetCloneJob") == value(before, count, method="GetCloneJob") + 1
+        value(after, count, service=SERVICE, method="GetCloneJob")
+        == value(before, count, service=SERVICE, method="GetCloneJob") + 1
     )
 
 
