@@ -1,8 +1,12 @@
-"""The Node.js client in tests/interop/ (@grpc/grpc-js) against a real server.
+"""The Node.js clients in tests/interop/ against a real server.
 
-`interop.mjs` loads the stubs from protos/ at run time and checks create, watch,
-cancel, rich errors and watch resume; see its header. It needs `node` and the
-packages that `.ci/interop-setup` (`npm ci`) installs; without them the test skips.
+`interop.mjs` (@grpc/grpc-js) loads the stubs from protos/ at run time and checks
+create, watch, cancel, rich errors and watch resume on clonejob.v1.
+`google_client.mjs` drives the google.cloud.vmmigration.v1 surface through Google's
+Node client stack (google-gax, google-proto-files): create and cancel operations,
+get, paged list, rich errors, UNIMPLEMENTED. See their headers. They need `node`
+and the packages that `.ci/interop-setup` (`npm ci`) installs; without them the
+tests skip.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ HOLD = {"match": "cloneJobs/hold-", "step": "adapting_os", "action": "hold"}
 # connect, hold, create, cancel, watch, rich error, resume: a script that skipped
 # one would print fewer.
 CHECKS = 7
+# google_client.mjs: create, retry, get, list, cancel, succeeded, error, unimplemented.
+GOOGLE_CHECKS = 8
+# Its three jobs run one after the other in the only job slot; it polls up to 60 s for each.
+GOOGLE_NODE_TIMEOUT = 150.0
 
 pytestmark = [
     pytest.mark.skipif(NODE is None, reason="node is not on PATH"),
@@ -56,3 +64,23 @@ def test_interop_node_client_passes_every_check(
     assert done.returncode == 0, f"interop.mjs exited {done.returncode}:\n{output}"
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"{CHECKS} passed, 0 failed", last), output
+
+
+def test_interop_google_node_client_passes_every_check(
+    servers: ServerPool, data_dir: Path, sample_vm: Callable[..., Path]
+) -> None:
+    sample_vm(data_dir, VM1)
+    server = servers.start(data_dir, fault_plan=[HOLD], max_concurrent_jobs=1)
+    assert NODE is not None
+    args = [NODE, str(INTEROP / "google_client.mjs"), server.address, VM1]
+    try:
+        done = subprocess.run(
+            args, cwd=INTEROP, capture_output=True, text=True, timeout=GOOGLE_NODE_TIMEOUT
+        )
+    except subprocess.TimeoutExpired as expired:
+        ran = f"{expired.stdout}\n{expired.stderr}"
+        pytest.fail(f"google_client.mjs ran over {GOOGLE_NODE_TIMEOUT} s:\n{ran}")
+    output = f"{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"google_client.mjs exited {done.returncode}:\n{output}"
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"{GOOGLE_CHECKS} passed, 0 failed", last), output
