@@ -169,8 +169,8 @@ class OperationsService:
             if current.done:
                 return current
             wait = MAX_WAIT
-            if request.HasField("timeout"):
-                wait = min(wait, request.timeout.ToTimedelta().total_seconds())
+            if request.HasField("timeout"):  # (no timedelta: a huge Duration overflows it)
+                wait = min(wait, request.timeout.seconds + request.timeout.nanos / 1e9)
             remaining = context.time_remaining()
             if remaining is not None:
                 wait = min(wait, remaining - DEADLINE_MARGIN)
