@@ -36,6 +36,8 @@ from server.targets.local import LocalTarget
 log = logging.getLogger("clonejob.server")
 
 SERVICE_NAME = spb.DESCRIPTOR.services_by_name["CloneJobService"].full_name
+# Every surface, each with its health status.
+SERVED_SERVICES = (SERVICE_NAME, vmmigration.SERVICE_NAME, operations.SERVICE.full_name)
 
 # Deliberate channel settings for hours-long watches:
 # - clients may ping every 60 s or more without data (a watch is often idle);
@@ -154,9 +156,7 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
-                SERVICE_NAME,
-                vmmigration.SERVICE_NAME,
-                operations.SERVICE.full_name,
+                *SERVED_SERVICES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -211,7 +211,7 @@ class App:
             if available
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE_NAME):
+        for service in ("", *SERVED_SERVICES):
             await self.health.set(service, status)
 
     def _count_jobs(self) -> Mapping[State, int] | None:

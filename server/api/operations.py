@@ -27,7 +27,7 @@ from google.rpc import code_pb2, status_pb2
 
 from server.api import mapping
 from server.api.errors import abort, invalid_argument
-from server.api.page_tokens import InvalidPageTokenError, PageTokens
+from server.api.page_tokens import PageTokens
 from server.domain.job import CloneJob, State
 from server.domain.listing import Cursor
 from server.domain.names import InvalidNameError, LocationName, OperationName
@@ -211,17 +211,7 @@ class OperationsService:
             out.append(Violation("page_size", f"{request.page_size} is negative"))
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         query = "operations:" + request.name
-        cursor: Cursor | None = None
-        if request.page_token:
-            try:
-                cursor = self._tokens.decode(
-                    request.page_token, parent=query, filter_text="", order_by=""
-                )
-            except (ValueError, TypeError) as error:
-                reason = str(error) if isinstance(error, InvalidPageTokenError) else ""
-                out.append(
-                    Violation("page_token", reason or "is not a page token this server issued")
-                )
+        cursor = self._tokens.read(request.page_token, out, parent=query)
         if out or location is None:
             raise invalid_argument(out)
         found = list(

@@ -14,6 +14,7 @@ import hmac
 import json
 
 from server.domain.listing import Cursor
+from server.domain.validation import Violation
 
 
 class InvalidPageTokenError(ValueError):
@@ -53,3 +54,23 @@ class PageTokens:
                 " while paging"
             )
         return Cursor(create_time_us=int(create_time_us), name=str(name))
+
+    def read(
+        self,
+        token: str,
+        out: list[Violation],
+        *,
+        parent: str,
+        filter_text: str = "",
+        order_by: str = "",
+    ) -> Cursor | None:
+        """The cursor of a request's `page_token`: None for the first page, or when
+        the token is refused (its violation is added to `out`)."""
+        if not token:
+            return None
+        try:
+            return self.decode(token, parent=parent, filter_text=filter_text, order_by=order_by)
+        except (ValueError, TypeError) as error:  # InvalidPageTokenError is a ValueError
+            reason = str(error) if isinstance(error, InvalidPageTokenError) else ""
+            out.append(Violation("page_token", reason or "is not a page token this server issued"))
+            return None

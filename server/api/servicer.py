@@ -14,7 +14,7 @@ from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
 from server.api import mapping
 from server.api.errors import ApiError, abort, invalid_argument
-from server.api.page_tokens import InvalidPageTokenError, PageTokens
+from server.api.page_tokens import PageTokens
 from server.domain.job import TargetSpec
 from server.domain.listing import (
     Cursor,
@@ -190,20 +190,13 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             order_by = parse_order_by(request.order_by)
         except InvalidQueryError as error:
             out.append(Violation("order_by", str(error)))
-        cursor: Cursor | None = None
-        if request.page_token:
-            try:
-                cursor = self._tokens.decode(
-                    request.page_token,
-                    parent=request.parent,
-                    filter_text=request.filter,
-                    order_by=request.order_by,
-                )
-            except (ValueError, TypeError) as error:  # InvalidPageTokenError is a ValueError
-                reason = str(error) if isinstance(error, InvalidPageTokenError) else ""
-                out.append(
-                    Violation("page_token", reason or "is not a page token this server issued")
-                )
+        cursor = self._tokens.read(
+            request.page_token,
+            out,
+            parent=request.parent,
+            filter_text=request.filter,
+            order_by=request.order_by,
+        )
         if out or parent is None or order_by is None:
             raise invalid_argument(out)
         jobs = list(

@@ -34,7 +34,7 @@ from clonejob_grpc import clone_job_service_pb2 as spb
 from server.api import mapping
 from server.api.errors import abort, invalid_argument
 from server.api.operations import operation_proto
-from server.api.page_tokens import InvalidPageTokenError, PageTokens
+from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService, job_name, new_job
 from server.domain.listing import Cursor, ListQuery, OrderBy, parse_filter
 from server.domain.migrating_vm import MigratingVm
@@ -214,17 +214,8 @@ class VmMigrationService:
             out.append(Violation("page_size", f"{request.page_size} is negative"))
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         query = "migratingVms:" + request.parent
-        after = ""
-        if request.page_token:
-            try:
-                after = self._tokens.decode(
-                    request.page_token, parent=query, filter_text="", order_by=""
-                ).name
-            except (ValueError, TypeError) as error:
-                reason = str(error) if isinstance(error, InvalidPageTokenError) else ""
-                out.append(
-                    Violation("page_token", reason or "is not a page token this server issued")
-                )
+        cursor = self._tokens.read(request.page_token, out, parent=query)
+        after = "" if cursor is None else cursor.name
         if out or source is None:
             raise invalid_argument(out)
         vms = [vm for vm in await self._engine.migrating_vms(source) if vm.name > after]

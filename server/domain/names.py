@@ -21,6 +21,20 @@ class InvalidNameError(ValueError):
     """A resource name that does not match its pattern; the message says why."""
 
 
+def _segments(value: str, collections: tuple[str, ...], pattern: str) -> list[str]:
+    """The ids of a name made of `collections`, each checked as a SEGMENT."""
+    parts = value.split("/")
+    if len(parts) != 2 * len(collections) or tuple(parts[0::2]) != collections:
+        raise InvalidNameError(f"must have the form {pattern}")
+    for collection, segment in zip(parts[0::2], parts[1::2], strict=True):
+        if not SEGMENT.fullmatch(segment):
+            raise InvalidNameError(
+                f"the {collection} id must be 1 to 63 letters, digits, '.', '_' or '-',"
+                " starting and ending with a letter or digit"
+            )
+    return parts[1::2]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MigratingVmName:
     """`projects/{project}/locations/{location}/sources/{source}/migratingVms/{vm}`."""
@@ -42,16 +56,10 @@ class MigratingVmName:
 
     @classmethod
     def parse(cls, value: str) -> MigratingVmName:
-        parts = value.split("/")
-        if len(parts) != 8 or parts[0::2] != ["projects", "locations", "sources", "migratingVms"]:
-            raise InvalidNameError(f"must have the form {PARENT_PATTERN}")
-        for collection, segment in zip(parts[0::2], parts[1::2], strict=True):
-            if not SEGMENT.fullmatch(segment):
-                raise InvalidNameError(
-                    f"the {collection} id must be 1 to 63 letters, digits, '.', '_' or '-',"
-                    " starting and ending with a letter or digit"
-                )
-        return cls(project=parts[1], location=parts[3], source=parts[5], migrating_vm=parts[7])
+        project, location, source, vm = _segments(
+            value, ("projects", "locations", "sources", "migratingVms"), PARENT_PATTERN
+        )
+        return cls(project=project, location=location, source=source, migrating_vm=vm)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,20 +92,6 @@ class CloneJobName:
 LOCATION_PATTERN = "projects/{project}/locations/{location}"
 SOURCE_PATTERN = LOCATION_PATTERN + "/sources/{source}"
 OPERATION_PATTERN = LOCATION_PATTERN + "/operations/{operation}"
-
-
-def _segments(value: str, collections: tuple[str, ...], pattern: str) -> list[str]:
-    """The ids of a name made of `collections`, each checked as a SEGMENT."""
-    parts = value.split("/")
-    if len(parts) != 2 * len(collections) or tuple(parts[0::2]) != collections:
-        raise InvalidNameError(f"must have the form {pattern}")
-    for collection, segment in zip(parts[0::2], parts[1::2], strict=True):
-        if not SEGMENT.fullmatch(segment):
-            raise InvalidNameError(
-                f"the {collection} id must be 1 to 63 letters, digits, '.', '_' or '-',"
-                " starting and ending with a letter or digit"
-            )
-    return parts[1::2]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

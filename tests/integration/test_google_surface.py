@@ -23,6 +23,7 @@ from conftest import ServerPool, write_sample_vm
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import descriptor_pool, duration_pb2, message_factory
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -368,3 +369,13 @@ def test_google_create_with_both_kinds_of_target_is_invalid(server: ServerProces
             call(data, timeout=RPC_TIMEOUT)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(raised.value) == ["clone_job.compute_engine_disks_target_details"]
+
+
+def test_health_serves_each_surface(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", CLONEJOB, VMMIGRATION, OPERATIONS):
+            status = health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT
+            ).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, service

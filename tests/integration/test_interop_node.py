@@ -47,23 +47,26 @@ pytestmark = [
 ]
 
 
+def run_checks(script: str, server_address: str, checks: int, timeout: float) -> None:
+    """Run a Node check script against the server; every one of its checks passes."""
+    assert NODE is not None
+    args = [NODE, str(INTEROP / script), server_address, VM1]
+    try:
+        done = subprocess.run(args, cwd=INTEROP, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"{script} ran over {timeout} s:\n{expired.stdout}\n{expired.stderr}")
+    output = f"{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{output}"
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"{checks} passed, 0 failed", last), output
+
+
 def test_interop_node_client_passes_every_check(
     servers: ServerPool, data_dir: Path, sample_vm: Callable[..., Path]
 ) -> None:
     sample_vm(data_dir, VM1)
     server = servers.start(data_dir, fault_plan=[HOLD], max_concurrent_jobs=1)
-    assert NODE is not None
-    args = [NODE, str(INTEROP / "interop.mjs"), server.address, VM1]
-    try:
-        done = subprocess.run(
-            args, cwd=INTEROP, capture_output=True, text=True, timeout=NODE_TIMEOUT
-        )
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"interop.mjs ran over {NODE_TIMEOUT} s:\n{expired.stdout}\n{expired.stderr}")
-    output = f"{done.stdout}\n{done.stderr}"
-    assert done.returncode == 0, f"interop.mjs exited {done.returncode}:\n{output}"
-    last = done.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(rf"{CHECKS} passed, 0 failed", last), output
+    run_checks("interop.mjs", server.address, CHECKS, NODE_TIMEOUT)
 
 
 def test_interop_google_node_client_passes_every_check(
@@ -71,16 +74,4 @@ def test_interop_google_node_client_passes_every_check(
 ) -> None:
     sample_vm(data_dir, VM1)
     server = servers.start(data_dir, fault_plan=[HOLD], max_concurrent_jobs=1)
-    assert NODE is not None
-    args = [NODE, str(INTEROP / "google_client.mjs"), server.address, VM1]
-    try:
-        done = subprocess.run(
-            args, cwd=INTEROP, capture_output=True, text=True, timeout=GOOGLE_NODE_TIMEOUT
-        )
-    except subprocess.TimeoutExpired as expired:
-        ran = f"{expired.stdout}\n{expired.stderr}"
-        pytest.fail(f"google_client.mjs ran over {GOOGLE_NODE_TIMEOUT} s:\n{ran}")
-    output = f"{done.stdout}\n{done.stderr}"
-    assert done.returncode == 0, f"google_client.mjs exited {done.returncode}:\n{output}"
-    last = done.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(rf"{GOOGLE_CHECKS} passed, 0 failed", last), output
+    run_checks("google_client.mjs", server.address, GOOGLE_CHECKS, GOOGLE_NODE_TIMEOUT)
