@@ -25,6 +25,9 @@ class NoIoTarget:
     async def latest_cycle(self, migrating_vm: MigratingVmName) -> str:
         return "1"
 
+    async def preflight(self, job: CloneJob) -> None:
+        return None
+
     async def prepare_disks(
         self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from clonejob_grpc import clone_job_pb2 as clonejob_dot_v1_dot_clone__job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clonejob/v1/clone_job_service.proto\x12\x0b\x63lonejob.v1\x1a\x1b\x63lonejob/v1/clone_job.proto\"{\n\x15\x43reateCloneJobRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x14\n\x0c\x63lone_job_id\x18\x02 \x01(\t\x12(\n\tclone_job\x18\x03 \x01(\x0b\x32\x15.clonejob.v1.CloneJob\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\"\n\x12GetCloneJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x14ListCloneJobsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"p\n\x15ListCloneJobsResponse\x12)\n\nclone_jobs\x18\x01 \x03(\x0b\x32\x15.clonejob.v1.CloneJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0bunreachable\x18\x03 \x03(\t\"%\n\x15\x43\x61ncelCloneJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x14WatchCloneJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\"\x93\x01\n\x15WatchCloneJobResponse\x12(\n\tclone_job\x18\x01 \x01(\x0b\x32\x15.clonejob.v1.CloneJob\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12+\n\x08progress\x18\x03 \x01(\x0b\x32\x19.clonejob.v1.StepProgress\x12\x11\n\theartbeat\x18\x04 \x01(\x08\"H\n\x0cStepProgress\x12\x0f\n\x07percent\x18\x01 \x01(\x05\x12\x12\n\nbytes_done\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x32\xa4\x03\n\x0f\x43loneJobService\x12K\n\x0e\x43reateCloneJob\x12\".clonejob.v1.CreateCloneJobRequest\x1a\x15.clonejob.v1.CloneJob\x12\x45\n\x0bGetCloneJob\x12\x1f.clonejob.v1.GetCloneJobRequest\x1a\x15.clonejob.v1.CloneJob\x12V\n\rListCloneJobs\x12!.clonejob.v1.ListCloneJobsRequest\x1a\".clonejob.v1.ListCloneJobsResponse\x12K\n\x0e\x43\x61ncelCloneJob\x12\".clonejob.v1.CancelCloneJobRequest\x1a\x15.clonejob.v1.CloneJob\x12X\n\rWatchCloneJob\x12!.clonejob.v1.WatchCloneJobRequest\x1a\".clonejob.v1.WatchCloneJobResponse0\x01\x42L\n\x17\x63om.example.clonejob.v1P\x01Z/example.com/clonejob/gen/clonejob/v1;clonejobv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clonejob/v1/clone_job_service.proto\x12\x0b\x63lonejob.v1\x1a\x1b\x63lonejob/v1/clone_job.proto\"\x92\x01\n\x15\x43reateCloneJobRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x14\n\x0c\x63lone_job_id\x18\x02 \x01(\t\x12(\n\tclone_job\x18\x03 \x01(\x0b\x32\x15.clonejob.v1.CloneJob\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\"\n\x12GetCloneJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x14ListCloneJobsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"p\n\x15ListCloneJobsResponse\x12)\n\nclone_jobs\x18\x01 \x03(\x0b\x32\x15.clonejob.v1.CloneJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0bunreachable\x18\x03 \x03(\t\"%\n\x15\x43\x61ncelCloneJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x14WatchCloneJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\"\x93\x01\n\x15WatchCloneJobResponse\x12(\n\tclone_job\x18\x01 \x01(\x0b\x32\x15.clonejob.v1.CloneJob\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12+\n\x08progress\x18\x03 \x01(\x0b\x32\x19.clonejob.v1.StepProgress\x12\x11\n\theartbeat\x18\x04 \x01(\x08\"\x89\x01\n\x0cStepProgress\x12\x0f\n\x07percent\x18\x01 \x01(\x05\x12\x12\n\nbytes_done\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x12\x15\n\rvirtual_bytes\x18\x04 \x01(\x03\x12(\n\x05\x64isks\x18\x05 \x03(\x0b\x32\x19.clonejob.v1.DiskProgress\"j\n\x0c\x44iskProgress\x12\x1a\n\x12source_disk_number\x18\x01 \x01(\x05\x12\x12\n\nbytes_done\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x12\x15\n\rvirtual_bytes\x18\x04 \x01(\x03\x32\xa4\x03\n\x0f\x43loneJobService\x12K\n\x0e\x43reateCloneJob\x12\".clonejob.v1.CreateCloneJobRequest\x1a\x15.clonejob.v1.CloneJob\x12\x45\n\x0bGetCloneJob\x12\x1f.clonejob.v1.GetCloneJobRequest\x1a\x15.clonejob.v1.CloneJob\x12V\n\rListCloneJobs\x12!.clonejob.v1.ListCloneJobsRequest\x1a\".clonejob.v1.ListCloneJobsResponse\x12K\n\x0e\x43\x61ncelCloneJob\x12\".clonejob.v1.CancelCloneJobRequest\x1a\x15.clonejob.v1.CloneJob\x12X\n\rWatchCloneJob\x12!.clonejob.v1.WatchCloneJobRequest\x1a\".clonejob.v1.WatchCloneJobResponse0\x01\x42L\n\x17\x63om.example.clonejob.v1P\x01Z/example.com/clonejob/gen/clonejob/v1;clonejobv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clonejob.v1.clone_job_servi
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\027com.example.clonejob.v1P\001Z/example.com/clonejob/gen/clonejob/v1;clonejobv1'
-  _globals['_CREATECLONEJOBREQUEST']._serialized_start=81
-  _globals['_CREATECLONEJOBREQUEST']._serialized_end=204
-  _globals['_GETCLONEJOBREQUEST']._serialized_start=206
-  _globals['_GETCLONEJOBREQUEST']._serialized_end=240
-  _globals['_LISTCLONEJOBSREQUEST']._serialized_start=242
-  _globals['_LISTCLONEJOBSREQUEST']._serialized_end=353
-  _globals['_LISTCLONEJOBSRESPONSE']._serialized_start=355
-  _globals['_LISTCLONEJOBSRESPONSE']._serialized_end=467
-  _globals['_CANCELCLONEJOBREQUEST']._serialized_start=469
-  _globals['_CANCELCLONEJOBREQUEST']._serialized_end=506
-  _globals['_WATCHCLONEJOBREQUEST']._serialized_start=508
-  _globals['_WATCHCLONEJOBREQUEST']._serialized_end=568
-  _globals['_WATCHCLONEJOBRESPONSE']._serialized_start=571
-  _globals['_WATCHCLONEJOBRESPONSE']._serialized_end=718
-  _globals['_STEPPROGRESS']._serialized_start=720
-  _globals['_STEPPROGRESS']._serialized_end=792
-  _globals['_CLONEJOBSERVICE']._serialized_start=795
-  _globals['_CLONEJOBSERVICE']._serialized_end=1215
+  _globals['_CREATECLONEJOBREQUEST']._serialized_start=82
+  _globals['_CREATECLONEJOBREQUEST']._serialized_end=228
+  _globals['_GETCLONEJOBREQUEST']._serialized_start=230
+  _globals['_GETCLONEJOBREQUEST']._serialized_end=264
+  _globals['_LISTCLONEJOBSREQUEST']._serialized_start=266
+  _globals['_LISTCLONEJOBSREQUEST']._serialized_end=377
+  _globals['_LISTCLONEJOBSRESPONSE']._serialized_start=379
+  _globals['_LISTCLONEJOBSRESPONSE']._serialized_end=491
+  _globals['_CANCELCLONEJOBREQUEST']._serialized_start=493
+  _globals['_CANCELCLONEJOBREQUEST']._serialized_end=530
+  _globals['_WATCHCLONEJOBREQUEST']._serialized_start=532
+  _globals['_WATCHCLONEJOBREQUEST']._serialized_end=592
+  _globals['_WATCHCLONEJOBRESPONSE']._serialized_start=595
+  _globals['_WATCHCLONEJOBRESPONSE']._serialized_end=742
+  _globals['_STEPPROGRESS']._serialized_start=745
+  _globals['_STEPPROGRESS']._serialized_end=882
+  _globals['_DISKPROGRESS']._serialized_start=884
+  _globals['_DISKPROGRESS']._serialized_end=990
+  _globals['_CLONEJOBSERVICE']._serialized_start=993
+  _globals['_CLONEJOBSERVICE']._serialized_end=1413
 # @@protoc_insertion_point(module_scope)

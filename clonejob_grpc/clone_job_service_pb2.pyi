@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateCloneJobRequest(_message.Message):
-    __slots__ = ("parent", "clone_job_id", "clone_job", "request_id")
+    __slots__ = ("parent", "clone_job_id", "clone_job", "request_id", "validate_only")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     CLONE_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CLONE_JOB_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     parent: str
     clone_job_id: str
     clone_job: _clone_job_pb2.CloneJob
     request_id: str
-    def __init__(self, parent: _Optional[str] = ..., clone_job_id: _Optional[str] = ..., clone_job: _Optional[_Union[_clone_job_pb2.CloneJob, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, parent: _Optional[str] = ..., clone_job_id: _Optional[str] = ..., clone_job: _Optional[_Union[_clone_job_pb2.CloneJob, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class GetCloneJobRequest(_message.Message):
     __slots__ = ("name",)
@@ -76,11 +78,27 @@ class WatchCloneJobResponse(_message.Message):
     def __init__(self, clone_job: _Optional[_Union[_clone_job_pb2.CloneJob, _Mapping]] = ..., revision: _Optional[int] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
 
 class StepProgress(_message.Message):
-    __slots__ = ("percent", "bytes_done", "bytes_total")
+    __slots__ = ("percent", "bytes_done", "bytes_total", "virtual_bytes", "disks")
     PERCENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     percent: int
     bytes_done: int
     bytes_total: int
-    def __init__(self, percent: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
+    virtual_bytes: int
+    disks: _containers.RepeatedCompositeFieldContainer[DiskProgress]
+    def __init__(self, percent: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., virtual_bytes: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[DiskProgress, _Mapping]]] = ...) -> None: ...
+
+class DiskProgress(_message.Message):
+    __slots__ = ("source_disk_number", "bytes_done", "bytes_total", "virtual_bytes")
+    SOURCE_DISK_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    source_disk_number: int
+    bytes_done: int
+    bytes_total: int
+    virtual_bytes: int
+    def __init__(self, source_disk_number: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., virtual_bytes: _Optional[int] = ...) -> None: ...

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Mapping
 
 import grpc
@@ -22,7 +24,7 @@ from server.config import Config
 from server.domain.job import State
 from server.engine import Engine, Hub
 from server.observability.interceptor import RpcObserver
-from server.observability.metrics import Metrics
+from server.observability.metrics import Metrics, parse_listen
 from server.security import (
     SecurityConfigError,
     TokenAuthorizer,
@@ -52,7 +54,55 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.server.max_pending_requests", 65_536),
     ("grpc.server.max_pending_requests_hard_limit", 131_072),
+    # No SO_REUSEPORT: with it a second server on a taken port starts anyway, and
+    # the kernel splits calls between two servers with two databases.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+class ListenError(OSError):
+    """`--listen` is not HOST:PORT, or its port cannot be bound (taken, not ours)."""
+
+
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `listen`; ListenError naming the port when that fails."""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError:
+        raise ListenError(
+            f"--listen {listen!r} is not HOST:PORT (for example 127.0.0.1:50051)"
+        ) from None
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(listen)
+        else:
+            bound = server.add_secure_port(listen, credentials)
+    except RuntimeError:
+        bound = 0
+    if bound:
+        return bound
+    if credentials is not None and _free(host, port):
+        raise SecurityConfigError(
+            f"cannot serve TLS on {listen}: check that --tls-cert and --tls-key"
+            " are PEM files and that the key belongs to the certificate"
+        )
+    if not _free(host, port):
+        raise ListenError(
+            f"cannot listen on {listen}: port {port} is already in use (another"
+            " clonejob-server, or another program); stop it or choose another --listen"
+        )
+    raise ListenError(f"cannot listen on {listen}: the address cannot be bound here")
+
+
+def _free(host: str, port: int) -> bool:
+    """Whether a plain socket could bind host:port now (so not taken by anyone)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host if host not in ("", "[::]") else "", port))
+        except OSError as error:
+            return error.errno != errno.EADDRINUSE
+    return True
 
 
 PAGE_TOKEN_KEY_BYTES = 32
@@ -95,7 +145,14 @@ class App:
     async def start(self) -> int:
         config = self.config
         self._loop = asyncio.get_running_loop()
-        # 0. Refuse to expose an open server beyond loopback (SecurityConfigError).
+        # 0. A --listen that is no address (ListenError), then refuse to expose an
+        # open server beyond loopback (SecurityConfigError).
+        try:
+            parse_listen(config.listen)
+        except ValueError:
+            raise ListenError(
+                f"--listen {config.listen!r} is not HOST:PORT (for example 127.0.0.1:50051)"
+            ) from None
         check_exposure(
             config.listen,
             tls=config.tls_cert is not None,
@@ -163,17 +220,7 @@ class App:
             server,
         )
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        if credentials is None:
-            self.port = server.add_insecure_port(config.listen)
-        else:
-            self.port = server.add_secure_port(config.listen, credentials)
-            if self.port == 0:
-                raise SecurityConfigError(
-                    f"cannot serve TLS on {config.listen}: check that --tls-cert and --tls-key"
-                    " are PEM files and that the key belongs to the certificate"
-                )
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        self.port = _bind(server, config.listen, credentials)
         self.server = server
         await server.start()
         # 3. The engine: hear other replicas' changes, take up waiting jobs (those a

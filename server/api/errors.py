@@ -139,6 +139,25 @@ def from_exception(error: Exception) -> ApiError | None:
                 str(error),
                 {"name": error.existing.name},
             )
+        case e.InstanceNameTakenError():
+            return ApiError(
+                s.ALREADY_EXISTS,
+                "INSTANCE_NAME_TAKEN",
+                str(error),
+                {
+                    "project": error.project,
+                    "zone": error.zone,
+                    "vm_name": error.vm_name,
+                    **({"clone_job": error.owner} if error.owner else {}),
+                },
+            )
+        case e.TargetStorageFullError():
+            return ApiError(
+                s.RESOURCE_EXHAUSTED,
+                "TARGET_STORAGE_FULL",
+                str(error),
+                {"needed_bytes": str(error.needed), "available_bytes": str(error.available)},
+            )
         case e.RequestIdReusedError():
             return ApiError(
                 s.INVALID_ARGUMENT,

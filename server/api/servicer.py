@@ -143,7 +143,9 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
 
     async def CreateCloneJob(self, request: spb.CreateCloneJobRequest, context: Context) -> bytes:
         try:
-            job = await self._engine.create(**new_job(request))
+            job = await self._engine.create(
+                **new_job(request), validate_only=request.validate_only
+            )
         except Exception as error:
             await abort(context, error)
         return mapping.job_bytes(job)  # serialized once per revision

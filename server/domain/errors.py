@@ -44,6 +44,33 @@ class JobExistsError(DomainError):
         self.existing = existing
 
 
+class InstanceNameTakenError(DomainError):
+    """The target already has an instance of this name (found before any copy)."""
+
+    def __init__(self, *, project: str, zone: str, vm_name: str, owner: str | None) -> None:
+        by = f", made by clone job {owner!r}" if owner else ""
+        super().__init__(
+            f"an instance named {vm_name!r} already exists in project {project!r},"
+            f" zone {zone!r}{by}; choose another vm_name"
+        )
+        self.project = project
+        self.zone = zone
+        self.vm_name = vm_name
+        self.owner = owner
+
+
+class TargetStorageFullError(DomainError):
+    """The target has no room for the data the job would copy (found before any copy)."""
+
+    def __init__(self, *, needed: int, available: int) -> None:
+        super().__init__(
+            f"the target needs {needed} bytes for the disks' data but has {available} free;"
+            " free some space or choose a smaller cycle"
+        )
+        self.needed = needed
+        self.available = available
+
+
 class RequestIdReusedError(DomainError):
     def __init__(self, request_id: str, existing: CloneJob) -> None:
         super().__init__(

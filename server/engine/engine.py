@@ -138,10 +138,14 @@ class Engine:
         target: TargetSpec,
         request_id: str = "",
         request_hash: str = "",
+        validate_only: bool = False,
     ) -> CloneJob:
         """Store a new job; a worker then runs it. A retry with the same request id
-        gets the original, whichever replica took either call."""
-        job, _ = await self._create(name, target, request_id, request_hash, operation=False)
+        gets the original, whichever replica took either call. With `validate_only`,
+        every check is made and the job returned as it would be created, unstored."""
+        job, _ = await self._create(
+            name, target, request_id, request_hash, operation=False, validate_only=validate_only
+        )
         return job
 
     async def create_with_operation(
@@ -168,6 +172,7 @@ class Engine:
         request_hash: str,
         *,
         operation: bool,
+        validate_only: bool = False,
     ) -> tuple[CloneJob, Operation | None]:
         """The job, and its create operation when this call made both."""
         if request_id:
@@ -189,6 +194,11 @@ class Engine:
             request_id=request_id,
             request_hash=request_hash,
         )
+        # What would fail hours into the copy fails the Create itself: the instance
+        # name taken, no room for the data (the steps check again later).
+        await self.target.preflight(job)
+        if validate_only:
+            return job, None
         made = (
             Operation.new(target=job.name, verb=Verb.CREATE, now=job.create_time, job=job)
             if operation

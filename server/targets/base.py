@@ -56,6 +56,14 @@ class Target(Protocol):
     async def migrating_vms(self, source: SourceName) -> list[MigratingVm]:
         """The source's migrating VMs that have replication cycles, by name."""
 
+    async def preflight(self, job: CloneJob) -> None:
+        """Every check a job can pass before its long copy, against the target as it
+        is now: the instance name still free in the target project and zone
+        (InstanceNameTakenError), room for the data to copy (TargetStorageFullError),
+        the job's replication cycle readable (StepFailedError is not raised here:
+        NoCompletedCycleError / MigratingVmNotFoundError). Changes nothing. The
+        steps check again, since the target can change while a job runs."""
+
     async def prepare_disks(
         self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult: ...

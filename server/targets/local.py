@@ -21,6 +21,7 @@ name segment, and every path is checked to stay inside its root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import glob
@@ -35,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from server.domain.errors import (
+    InstanceNameTakenError,
     MigratingVmNotFoundError,
     NoCompletedCycleError,
     StepCancelledError,
     StepFailedError,
+    TargetStorageFullError,
 )
 from server.domain.job import (
     CloneJob,
@@ -219,6 +222,43 @@ class LocalTarget:
                     metadata={"migrating_vm": str(vm), "cycle": job.source_cycle},
                 )
             ) from error
+
+    # -- checks before the long copy --
+
+    async def preflight(self, job: CloneJob) -> None:
+        await asyncio.to_thread(self._preflight, job)
+
+    def _preflight(self, job: CloneJob) -> None:
+        vm = CloneJobName.parse(job.name).parent
+        try:
+            disks = self.read_cycle(vm, job.source_cycle)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise NoCompletedCycleError(str(vm)) from None
+        if job.target.kind is TargetKind.VM:
+            manifest_path, xml_path = self.instance_paths(job)
+            owner = _owner(manifest_path) if manifest_path.exists() else None
+            if manifest_path.exists() or xml_path.exists():
+                owner = owner or _xml_owner(xml_path)
+                if owner != job.name:
+                    raise InstanceNameTakenError(
+                        project=job.target.project,
+                        zone=job.target.zone,
+                        vm_name=job.target.vm_name,
+                        owner=owner,
+                    )
+        # The data the copy writes: what each snapshot disk holds (its allocated
+        # blocks; holes are not written), against the room where it would go.
+        needed = 0
+        for disk in disks:
+            with contextlib.suppress(OSError):  # a lost disk fails its step, with its reason
+                needed += min(disk.path.stat().st_blocks * 512, disk.size_bytes)
+        folder = self.zone_dir(job)
+        while not folder.exists() and folder != self.data_dir and folder.parent != folder:
+            folder = folder.parent
+        stats = os.statvfs(folder)
+        available = stats.f_bavail * stats.f_frsize
+        if needed > available:
+            raise TargetStorageFullError(needed=needed, available=available)
 
     # -- steps --
 

@@ -55,6 +55,7 @@ from clonejob_rpc import (
     running_step,
     vm_body,
 )
+from google.rpc import error_details_pb2, status_pb2
 
 from clonejob_grpc import clone_job_pb2 as pb
 from clonejob_grpc import clone_job_service_pb2 as spb
@@ -327,6 +328,22 @@ async def _pace(stop: asyncio.Event, delay: float) -> None:
         await asyncio.wait_for(stop.wait(), delay)
 
 
+def _instance_name_taken(error: BaseException) -> bool:
+    """ALREADY_EXISTS with reason INSTANCE_NAME_TAKEN: a shared name refused at Create."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return False
+    if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+        return False
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason == "INSTANCE_NAME_TAKEN"
+    return False
+
+
 def _code(error: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().name}: {error.details()}"
@@ -400,6 +417,11 @@ class CrashScenario:
             # The same request_id on every attempt: a retry gets the job created first.
             job = await self.cluster.retrying(call, budget=CALL_BUDGET)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError) as error:
+            if plan.kind == "shared" and _instance_name_taken(error):
+                # Found at Create, before any copy: no job, nothing to clean up.
+                self.report.calls["create-name-taken"] += 1
+                del self.report.plans[plan.name]
+                return
             self.report.unexpected.append(f"create {plan.job_id}: {_code(error)}")
             return
         if job.name != plan.name:

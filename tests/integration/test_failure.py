@@ -104,20 +104,52 @@ def test_failure_missing_snapshot_disk_fails_job_with_reason(
     assert tree(server.targets) == {}
 
 
-def test_failure_instance_name_taken_keeps_first_instance(server: Server) -> None:
+def test_failure_instance_name_taken_fails_the_create(server: Server) -> None:
+    """Found before the long copy: the Create itself fails, and nothing is stored."""
     stub = server.stub()
     first = run_to_end(stub, create(stub, "first", vm_body("web")).name)
     assert first.state == State.SUCCEEDED
     before = tree(server.targets)
 
-    second = run_to_end(stub, create(stub, "second", vm_body("web")).name)
+    error = rpc_error(create, stub, "second", vm_body("web"))
 
-    assert_failed_shape(second)
-    assert second.error.code == ALREADY_EXISTS
-    assert "web" in second.error.message
-    # The first job's disks and instance are untouched, and nothing of the second is left.
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_info(error)
+    assert info.reason == "INSTANCE_NAME_TAKEN"
+    assert info.metadata["vm_name"] == "web" and info.metadata["clone_job"] == first.name
+    assert "web" in str(error.details())
+    assert rpc_error(get, stub, first.name.replace("/first", "/second")).code() == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    # The first job's disks and instance are untouched.
     assert tree(server.targets) == before
     assert get(stub, first.name) == first
+
+
+def test_failure_instance_name_taken_while_running_fails_the_job(
+    servers: ServerPool, data_dir: Path, sample_vm: Any
+) -> None:
+    """Two jobs created for one name before either made it: the step's own check
+    fails the one that comes second, and the first instance stays."""
+    sample_vm(data_dir)
+    delayed = {"match": "cloneJobs/late", "step": PREPARING, "action": "delay", "seconds": 2}
+    server = servers.start(data_dir, fault_plan=[delayed])
+    stub = server.stub()
+    late = create(stub, "late", vm_body("web"))
+    early = create(stub, "early", vm_body("web"))
+
+    finals = [run_to_end(stub, late.name), run_to_end(stub, early.name)]
+
+    states = sorted(State.Name(job.state) for job in finals)
+    assert states == ["FAILED", "SUCCEEDED"]
+    (failed,) = [job for job in finals if job.state == State.FAILED]
+    (won,) = [job for job in finals if job.state == State.SUCCEEDED]
+    assert_failed_shape(failed)
+    assert failed.error.code == ALREADY_EXISTS
+    assert "web" in failed.error.message
+    # Nothing of the failed job is left; the winner's instance is whole.
+    assert len(files_of_vm(server.targets, "web")) == 2 + 2
+    assert get(stub, won.name) == won
 
 
 def test_failure_same_vm_name_in_another_zone_succeeds(server: Server) -> None:

@@ -21,6 +21,8 @@ from clonejob_grpc import clone_job_pb2, clone_job_service_pb2
 
 # Fields of ours that the public v1 CloneJob does not have (v1alpha1 legacy).
 LEGACY_FIELDS = {"compute_engine_vm_details", "target_details"}
+# Fields of ours that the public v1 requests do not have (extensions: AIP-163).
+EXTENSION_FIELDS = {"validate_only"}
 TARGET_FIELDS = ("compute_engine_target_details", "compute_engine_disks_target_details")
 # proto-plus renames fields that clash with Python builtins.
 OFFICIAL_RENAMES = {"type": "type_"}
@@ -194,10 +196,11 @@ def assert_same(ours: Message, theirs: Message, path: str = "") -> None:
         where = f"{path}.{field.name}" if path else field.name
         other = _official_field(theirs.DESCRIPTOR, field.name)
         if other is None:
-            assert field.name in LEGACY_FIELDS, (
+            assert field.name in LEGACY_FIELDS | EXTENSION_FIELDS, (
                 f"{where} missing from the official message"
             )
-            assert not ours.HasField(field.name), f"legacy field {where} set"
+            if field.name in LEGACY_FIELDS:
+                assert not ours.HasField(field.name), f"legacy field {where} set"
             continue
         assert other.number == field.number, where
         mine, theirs_value = getattr(ours, field.name), getattr(theirs, other.name)
@@ -232,7 +235,7 @@ def assert_fully_populated(msg: Message, path: str = "") -> None:
     """Assert every non-legacy field is set to a non-default value (one per oneof)."""
     for field in msg.DESCRIPTOR.fields:
         where = f"{path}.{field.name}" if path else field.name
-        if field.name in LEGACY_FIELDS:
+        if field.name in LEGACY_FIELDS | EXTENSION_FIELDS:
             continue
         if field.containing_oneof is not None:
             if msg.WhichOneof(field.containing_oneof.name) != field.name:
@@ -388,7 +391,7 @@ def _our_message(name: str) -> Descriptor:
 def test_shared_message_descriptor_matches_official(name: str) -> None:
     ours = _our_message(name)
     official = types.CloneJob.pb().DESCRIPTOR.file.message_types_by_name[name]
-    shared = [f for f in ours.fields if f.name not in LEGACY_FIELDS]
+    shared = [f for f in ours.fields if f.name not in LEGACY_FIELDS | EXTENSION_FIELDS]
     assert {OFFICIAL_RENAMES.get(f.name, f.name) for f in shared} == set(
         official.fields_by_name
     )
