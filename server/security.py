@@ -34,6 +34,10 @@ import grpc
 
 from server.api.errors import ApiError
 
+WILDCARD = "-"
+# Methods whose parent may name every project at once (AIP-159).
+LIST_ACROSS_PROJECTS = frozenset({"ListCloneJobs"})
+
 _CLONEJOB = "/clonejob.v1.CloneJobService/"
 _VMMIGRATION = "/google.cloud.vmmigration.v1.VmMigration/"
 _OPERATIONS = "/google.longrunning.Operations/"
@@ -140,12 +144,16 @@ class TokenAuthorizer:
         """Raise ApiError (UNAUTHENTICATED) unless the caller sent a valid token."""
         self._grant(metadata)
 
-    def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
+    def check(
+        self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]
+    ) -> frozenset[str] | None:
         """Raise ApiError unless the caller may call `method` (its full path) on the
-        request's projects.
+        request's projects; the projects the caller may read (None: all).
 
         `request` is None when it could not be parsed: the caller is still
-        authenticated first, so a caller without a token learns nothing else.
+        authenticated first, so a caller without a token learns nothing else. A
+        List whose parent's project is the wildcard `-` is allowed, and reads only
+        the grant's projects.
         """
         grant = self._grant(metadata)
         short = method.rpartition("/")[2]
@@ -163,10 +171,13 @@ class TokenAuthorizer:
                 f"{short} needs a token with write access; this one may only read",
                 {"method": short},
             )
+        readable = None if "*" in grant.projects else grant.projects
         if request is None:
-            return
+            return readable
         resource = getattr(request, "parent", "") or getattr(request, "name", "")
         projects = [project_of(resource)]
+        if short in LIST_ACROSS_PROJECTS and projects[0] == WILDCARD:
+            projects = []  # the List itself keeps to the readable projects
         if short == "CreateCloneJob":
             # The target project is written to as well: the token must cover it too.
             projects.append(request.clone_job.compute_engine_target_details.project or None)
@@ -179,6 +190,7 @@ class TokenAuthorizer:
                     f"the token does not grant access to project {project[:63]!r}",
                     {"project": project[:63]},
                 )
+        return readable
 
 
 def project_of(resource: str) -> str | None:

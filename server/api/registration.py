@@ -37,6 +37,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from clonejob_grpc import clone_job_pb2, clone_job_service_pb2
+from server.api import access
 from server.api.errors import ApiError
 
 if TYPE_CHECKING:
@@ -75,9 +76,12 @@ def _malformed(request: MalformedRequest) -> grpc.Status:
 
 
 class Authorizer(Protocol):
-    def check(self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]) -> None:
+    def check(
+        self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]
+    ) -> frozenset[str] | None:
         """Raise ApiError unless the caller may make this call (`method` is the
-        full path, `/package.Service/Method`)."""
+        full path, `/package.Service/Method`); the projects it may read (None:
+        every project)."""
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]]) -> None:
         """Raise ApiError unless the caller has a valid token."""
@@ -88,9 +92,10 @@ async def _admit(name: str, request: Any, context: Context, authorizer: Authoriz
     malformed = isinstance(request, MalformedRequest)
     if authorizer is not None:  # before parsing errors: no token, no information
         try:
-            authorizer.check(
+            projects = authorizer.check(
                 name, None if malformed else request, tuple(context.invocation_metadata() or ())
             )
+            access.readable_projects.set(projects)
         except ApiError as denied:
             status = denied.to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)

@@ -12,7 +12,7 @@ import grpc
 from clonejob_grpc import clone_job_pb2 as pb
 from clonejob_grpc import clone_job_service_pb2 as spb
 from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
-from server.api import mapping
+from server.api import access, mapping
 from server.api.errors import ApiError, abort, invalid_argument
 from server.api.page_tokens import PageTokens
 from server.domain.job import TargetSpec
@@ -179,7 +179,8 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
     async def list_page(self, request: spb.ListCloneJobsRequest) -> spb.ListCloneJobsResponse:
         """A page of ListCloneJobs, for either surface (their messages are wire-compatible)."""
         out: list[Violation] = []
-        parent = check_parent(request.parent, "parent", out)
+        # Any id of the parent may be `-`: a List across collections (AIP-159).
+        parent = check_parent(request.parent, "parent", out, wildcard=True)
         if request.page_size < 0:
             out.append(Violation("page_size", f"{request.page_size} is negative"))
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -205,6 +206,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
             await self._engine.list(
                 ListQuery(
                     parent=str(parent),
+                    projects=access.readable_projects.get(),
                     filter=query_filter,
                     order_by=order_by,
                     after=cursor,
@@ -212,7 +214,12 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
                 )
             )
         )
-        if not jobs and cursor is None and not await self._parent_known(str(parent), parent):
+        if (
+            not jobs
+            and cursor is None
+            and not parent.wildcard
+            and not await self._parent_known(str(parent), parent)
+        ):
             raise ApiError(
                 grpc.StatusCode.NOT_FOUND,
                 "MIGRATING_VM_NOT_FOUND",

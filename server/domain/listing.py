@@ -63,7 +63,11 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListQuery:
+    # A migrating VM's name; any of its ids may be the wildcard `-` (AIP-159),
+    # which matches every id of that collection.
     parent: str
+    # When set, only jobs of these projects (what the caller may read).
+    projects: frozenset[str] | None = None
     filter: AllOf | None = None
     order_by: OrderBy = OrderBy()
     after: Cursor | None = None

@@ -21,12 +21,20 @@ class InvalidNameError(ValueError):
     """A resource name that does not match its pattern; the message says why."""
 
 
-def _segments(value: str, collections: tuple[str, ...], pattern: str) -> list[str]:
-    """The ids of a name made of `collections`, each checked as a SEGMENT."""
+WILDCARD = "-"
+
+
+def _segments(
+    value: str, collections: tuple[str, ...], pattern: str, *, wildcard: bool = False
+) -> list[str]:
+    """The ids of a name made of `collections`, each checked as a SEGMENT (or,
+    with `wildcard`, the AIP-159 wildcard `-`)."""
     parts = value.split("/")
     if len(parts) != 2 * len(collections) or tuple(parts[0::2]) != collections:
         raise InvalidNameError(f"must have the form {pattern}")
     for collection, segment in zip(parts[0::2], parts[1::2], strict=True):
+        if wildcard and segment == WILDCARD:
+            continue
         if not SEGMENT.fullmatch(segment):
             raise InvalidNameError(
                 f"the {collection} id must be 1 to 63 letters, digits, '.', '_' or '-',"
@@ -55,11 +63,20 @@ class MigratingVmName:
         return tuple(str(self).split("/"))
 
     @classmethod
-    def parse(cls, value: str) -> MigratingVmName:
+    def parse(cls, value: str, *, wildcard: bool = False) -> MigratingVmName:
+        """The name; with `wildcard`, any id may be `-` (a List across collections)."""
         project, location, source, vm = _segments(
-            value, ("projects", "locations", "sources", "migratingVms"), PARENT_PATTERN
+            value,
+            ("projects", "locations", "sources", "migratingVms"),
+            PARENT_PATTERN,
+            wildcard=wildcard,
         )
         return cls(project=project, location=location, source=source, migrating_vm=vm)
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether any id is the wildcard `-`."""
+        return WILDCARD in (self.project, self.location, self.source, self.migrating_vm)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -51,12 +51,14 @@ RFC1035_RULE = (
 )
 
 
-def check_parent(value: str, field: str, out: list[Violation]) -> MigratingVmName | None:
+def check_parent(
+    value: str, field: str, out: list[Violation], *, wildcard: bool = False
+) -> MigratingVmName | None:
     if not value:
         out.append(Violation(field, "is required"))
         return None
     try:
-        return MigratingVmName.parse(value)
+        return MigratingVmName.parse(value, wildcard=wildcard)
     except InvalidNameError as error:
         out.append(Violation(field, f"{_shown(value)} {error}"))
         return None

@@ -17,8 +17,21 @@ UNFINISHED_STATES = "(" + ", ".join(str(int(s)) for s in State if not s.terminal
 
 def list_sql(query: ListQuery, mark: str) -> tuple[str, list[Any]]:
     """`SELECT record …` for `query`, with `mark` as each parameter's placeholder."""
-    where = [f"parent = {mark}"]
-    args: list[Any] = [query.parent]
+    where: list[str] = []
+    args: list[Any] = []
+    if has_wildcard(query.parent):
+        where.append(f"parent LIKE {mark} ESCAPE '\\'")
+        args.append(parent_pattern(query.parent))
+    else:
+        where.append(f"parent = {mark}")
+        args.append(query.parent)
+    if query.projects is not None:
+        if not query.projects:
+            where.append("1 = 0")
+        else:
+            each = [f"parent LIKE {mark} ESCAPE '\\'"] * len(query.projects)
+            where.append("(" + " OR ".join(each) + ")")
+            args.extend(f"projects/{_like_escape(p)}/%" for p in sorted(query.projects))
     if query.filter is not None:
         clause, values = _filter_sql(query.filter, mark)
         where.append(clause)
@@ -38,6 +51,24 @@ def list_sql(query: ListQuery, mark: str) -> tuple[str, list[Any]]:
     sql = f"SELECT record FROM clone_jobs WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {mark}"
     args.append(query.limit)
     return sql, args
+
+
+def has_wildcard(parent: str) -> bool:
+    return "-" in parent.split("/")[1::2]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def parent_pattern(parent: str) -> str:
+    """A LIKE pattern for a parent whose ids may be `-`. An id never holds a `/`
+    and every parent has the same eight segments, so `%` in place of one id
+    matches exactly that id."""
+    parts = parent.split("/")
+    return "/".join(
+        "%" if i % 2 == 1 and part == "-" else _like_escape(part) for i, part in enumerate(parts)
+    )
 
 
 def _filter_sql(expr: AllOf, mark: str) -> tuple[str, list[Any]]:

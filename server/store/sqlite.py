@@ -105,6 +105,8 @@ class SqliteJobStore:
             self.path, isolation_level=None, check_same_thread=False, timeout=0.5
         )
         conn.execute("PRAGMA busy_timeout = 2000")
+        # Ids are case-sensitive: a wildcard List's LIKE must be too, as in PostgreSQL.
+        conn.execute("PRAGMA case_sensitive_like = ON")
         return conn
 
     def _open_writer(self) -> None:

@@ -401,6 +401,56 @@ class TestJobStoreContract:
         assert await store.list(ListQuery(parent=PARENT_A + "x")) == []
 
     @pytest.mark.parametrize(
+        ("parent", "expected"),
+        [
+            (
+                "projects/-/locations/-/sources/-/migratingVms/-",
+                {"a1", "a2", "b1", "x1", "u1", "q1"},
+            ),
+            ("projects/p/locations/-/sources/-/migratingVms/-", {"a1", "a2", "b1", "u1"}),
+            ("projects/p/locations/l/sources/s/migratingVms/-", {"a1", "a2", "b1"}),
+            ("projects/-/locations/l/sources/s/migratingVms/vm-a", {"a1", "a2", "x1"}),
+            ("projects/p/locations/-/sources/s_1/migratingVms/-", {"u1"}),  # `_` is no wildcard
+            ("projects/P/locations/-/sources/-/migratingVms/-", {"q1"}),  # ids are case-sensitive
+            ("projects/p%/locations/-/sources/-/migratingVms/-", set()),  # `%` neither
+        ],
+    )
+    async def test_store_list_across_collections_with_wildcards(
+        self, store: JobStore, parent: str, expected: set[str]
+    ) -> None:
+        layout = {
+            "a1": PARENT_A,
+            "a2": PARENT_A,
+            "b1": PARENT_B,
+            "x1": "projects/x/locations/l/sources/s/migratingVms/vm-a",
+            "u1": "projects/p/locations/m/sources/s_1/migratingVms/vm-u",
+            "q1": "projects/P/locations/l/sources/sx1/migratingVms/vm-a",
+        }
+        for i, (job_id, job_parent) in enumerate(layout.items()):
+            await store.create(make_job(job_id, parent=job_parent, created=at(i)))
+        listed = await store.list(ListQuery(parent=parent))
+        assert {j.name.rpartition("/")[2] for j in listed} == expected
+        assert [j.create_time for j in listed] == sorted(j.create_time for j in listed)
+
+    async def test_store_list_keeps_to_the_readable_projects(self, store: JobStore) -> None:
+        for i, project in enumerate(["p", "x", "y", "p_"]):
+            parent = f"projects/{project}/locations/l/sources/s/migratingVms/vm"
+            await store.create(make_job(f"j{i}", parent=parent, created=at(i)))
+        everywhere = "projects/-/locations/-/sources/-/migratingVms/-"
+        listed = await store.list(ListQuery(parent=everywhere, projects=frozenset({"p", "y"})))
+        assert [j.name.split("/")[1] for j in listed] == ["p", "y"]
+        assert await store.list(ListQuery(parent=everywhere, projects=frozenset())) == []
+        paged = await store.list(
+            ListQuery(
+                parent=everywhere,
+                projects=frozenset({"p", "x", "y"}),
+                order_by=parse_order_by("name desc"),
+                limit=2,
+            )
+        )
+        assert [j.name.split("/")[1] for j in paged] == ["y", "x"]
+
+    @pytest.mark.parametrize(
         ("text", "expected"),
         [
             ("state = ACTIVE", {"active"}),
