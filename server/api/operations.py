@@ -46,8 +46,9 @@ DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 1000
 # How long WaitOperation waits when neither its timeout nor a deadline bounds it.
 MAX_WAIT = 600.0
-# WaitOperation answers this much before the call's deadline, so the answer arrives.
-DEADLINE_MARGIN = 0.1
+# WaitOperation answers before the call's deadline, so the answer arrives: a fifth of
+# the time left, at least 0.1 s and at most 1 s, early.
+DEADLINE_MARGIN = (0.2, 0.1, 1.0)
 TYPE_PREFIX = "type.googleapis.com/"
 _V1 = "google.cloud.vmmigration.v1"
 
@@ -173,7 +174,8 @@ class OperationsService:
                 wait = min(wait, request.timeout.seconds + request.timeout.nanos / 1e9)
             remaining = context.time_remaining()
             if remaining is not None:
-                wait = min(wait, remaining - DEADLINE_MARGIN)
+                share, least, most = DEADLINE_MARGIN
+                wait = min(wait, remaining - min(most, max(least, share * remaining)))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.0)):
                     await self._until_finished(operation.target)

@@ -1,31 +1,47 @@
-"""Property-based robustness of every RPC against one real server process.
+"""Property-based robustness of every RPC of both surfaces against a real server process.
 
 Hypothesis sends arbitrary, hostile and huge requests to CreateCloneJob,
 GetCloneJob, ListCloneJobs, CancelCloneJob and WatchCloneJob, and raw random
-bytes as the serialized request of each. Whatever it sends, the call must end
-within its deadline with a status other than INTERNAL or UNKNOWN, every error
-the service makes must carry its ErrorInfo, and the server must keep serving.
-Afterwards the file system shows that nothing was written outside the data
-directory and that everything below targets/ has the documented layout.
+bytes as the serialized request of each. The Google surface on the same port is
+fuzzed the same way: every served method of google.cloud.vmmigration.v1.VmMigration
+(CreateCloneJob, GetCloneJob, ListCloneJobs, CancelCloneJob, GetMigratingVm,
+ListMigratingVms) and of google.longrunning.Operations (GetOperation,
+ListOperations, CancelOperation, WaitOperation, DeleteOperation), with hostile
+names, page sizes and tokens, out-of-range enums and extreme WaitOperation
+timeouts, and with raw random bytes. WaitOperation is also fuzzed against an
+operation that stays open (on a second, idle server that runs no job), with a
+short deadline that the wait must answer within.
 
-CLONEJOB_FUZZ_EXAMPLES sets the total number of cases (default 3200), split
-between the RPCs by fixed weights.
+Whatever it sends, the call must end within its deadline with a status other
+than INTERNAL or UNKNOWN, every error the service makes must carry its
+ErrorInfo (domain clonejob.v1), and the servers must keep serving. Afterwards
+the file system shows that nothing was written outside the data directories
+and that everything below targets/ has the documented layout.
+
+CLONEJOB_FUZZ_EXAMPLES sets the number of cases of clonejob.v1 (default 3200),
+split between its RPCs by fixed weights; the Google surface gets a further 16%
+of that number, split between its methods likewise.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import string
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Importing Google's package puts the google.cloud.vmmigration.v1 messages in
+# the default descriptor pool.
+import google.cloud.vmmigration_v1  # noqa: F401
 import grpc
 import pytest
 from clonejob_rpc import (
@@ -44,7 +60,9 @@ from clonejob_rpc import (
     vm_body,
     watch,
 )
-from hypothesis import HealthCheck, given, settings
+from google.longrunning import operations_pb2
+from google.protobuf import descriptor_pool, duration_pb2, message_factory
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clonejob_grpc import clone_job_pb2 as pb
@@ -65,9 +83,14 @@ WEIGHTS = {
     "cancel": 0.08,
     "watch": 0.13,
     "raw": 0.25,  # split between the five methods
+    # The Google surface, on top: split by GOOGLE_SHARES, and evenly for raw bytes.
+    "google": 0.12,
+    "google_raw": 0.04,
 }
 DEADLINE = 15.0  # per call: generous for two noisy cores, far below a hang
-HELD_ID = "held-by-fuzz-fixture"  # the fault plan holds only this job
+# WaitOperation on the operation that stays open answers just before this.
+PENDING_DEADLINE = 1.0
+HELD_ID = "held-by-fuzz-fixture"  # the fault plan holds the jobs whose ids start so
 KNOWN_ID = "known"
 POOL_IDS = [f"fz-{i}" for i in range(30)]
 
@@ -87,6 +110,55 @@ SERVICE_CODES = frozenset(
 FORBIDDEN = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
+
+# -- the services --
+
+CLONEJOB = "clonejob.v1.CloneJobService"
+VMMIGRATION = "google.cloud.vmmigration.v1.VmMigration"
+OPERATIONS = "google.longrunning.Operations"
+SOURCE = VM1.rsplit("/migratingVms/", 1)[0]
+LOCATION = SOURCE.rsplit("/sources/", 1)[0]
+VM2 = f"{SOURCE}/migratingVms/vm2"  # a second VM of the source, so that its list has pages
+
+
+def rpc(service: str, method: str) -> str:
+    """A method's full path."""
+    return f"/{service}/{method}"
+
+
+def label(path: str) -> str:
+    """How the counts name a method: clonejob.v1's by method alone, the others
+    as `Service.Method`."""
+    service, method = path[1:].split("/")
+    return method if service == CLONEJOB else f"{service.rsplit('.', 1)[-1]}.{method}"
+
+
+def google_type(name: str) -> Any:
+    """A google.cloud.vmmigration.v1 message class (from the default pool)."""
+    return message_factory.GetMessageClass(
+        descriptor_pool.Default().FindMessageTypeByName(f"google.cloud.vmmigration.v1.{name}")
+    )
+
+
+GetMigratingVmRequest = google_type("GetMigratingVmRequest")
+ListMigratingVmsRequest = google_type("ListMigratingVmsRequest")
+Operation = operations_pb2.Operation
+WAIT = rpc(OPERATIONS, "WaitOperation")
+# Every served method of the Google surface, in the order fuzzed: operations are
+# harvested from Create and Cancel first, and deleted last.
+GOOGLE_SHARES = {
+    rpc(VMMIGRATION, "CreateCloneJob"): 0.08,
+    rpc(VMMIGRATION, "GetCloneJob"): 0.05,
+    rpc(VMMIGRATION, "ListCloneJobs"): 0.07,
+    rpc(VMMIGRATION, "CancelCloneJob"): 0.05,
+    rpc(VMMIGRATION, "GetMigratingVm"): 0.14,
+    rpc(VMMIGRATION, "ListMigratingVms"): 0.16,
+    rpc(OPERATIONS, "GetOperation"): 0.09,
+    rpc(OPERATIONS, "ListOperations"): 0.11,
+    rpc(OPERATIONS, "CancelOperation"): 0.06,
+    WAIT: 0.12,
+    rpc(OPERATIONS, "DeleteOperation"): 0.07,
+}
 
 
 def examples(kind: str, share: float = 1.0) -> int:
@@ -214,6 +286,16 @@ def assert_target_layout(data_dir: Path, *, location: str = RFC1035_TEXT) -> int
 # -- the server under fuzz --
 
 
+def unary(channel: grpc.Channel, path: str, request: Any, response_type: Any) -> Any:
+    """A call that must succeed (the fixture's setup, the serving checks)."""
+    call = channel.unary_unary(
+        path,
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    return call(request, timeout=DEADLINE)
+
+
 @dataclass
 class Fuzzed:
     server: Server
@@ -224,18 +306,37 @@ class Fuzzed:
     before: FsSnapshot
     tmp_root: Path
     exclude: tuple[Path, ...]
+    idle: Server  # runs no job: the cancel operation of its one job stays open
+    idle_channel: grpc.Channel
+    pending: str  # that open operation (on `idle`)
+    kept: tuple[str, ...]  # operations on `server` that no fuzz case deletes
     counts: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)  # status code names
     details: dict[str, str] = field(default_factory=dict)  # the first message of each
-    page_tokens: list[str] = field(default_factory=list)
+    page_tokens: list[str] = field(default_factory=list)  # ListCloneJobs'
+    operations: list[str] = field(default_factory=list)  # on `server`: kept, then harvested
+    operation_tokens: list[str] = field(default_factory=list)  # ListOperations'
+    vm_tokens: list[str] = field(default_factory=list)  # ListMigratingVms'
 
     def assert_serving(self) -> None:
-        process = self.server.process
-        assert process is not None and process.poll() is None, "the server process died"
+        for server in (self.server, self.idle):
+            process = server.process
+            assert process is not None and process.poll() is None, "a server process died"
         job = get(self.server.stub(), self.known)
         assert job.name == self.known
         held = get(self.server.stub(), self.held)
         assert held.name == self.held
+        get_vm = GetMigratingVmRequest(name=VM1)
+        vm = unary(
+            self.channel, rpc(VMMIGRATION, "GetMigratingVm"), get_vm, google_type("MigratingVm")
+        )
+        assert vm.name == VM1
+        for name in self.kept:
+            request = operations_pb2.GetOperationRequest(name=name)
+            assert unary(self.channel, rpc(OPERATIONS, "GetOperation"), request, Operation).done
+        request = operations_pb2.GetOperationRequest(name=self.pending)
+        pending = unary(self.idle_channel, rpc(OPERATIONS, "GetOperation"), request, Operation)
+        assert not pending.done, pending
 
 
 @pytest.fixture(scope="module")
@@ -246,28 +347,101 @@ def fuzzed(
 ) -> Iterator[Fuzzed]:
     from conftest import write_sample_vm
 
-    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
+    fuzz_root = tmp_path_factory.mktemp("fuzz")
+    data_dir = fuzz_root / "data"
     data_dir.mkdir()
-    write_sample_vm(data_dir, VM1, disks=1, disk_size="1MiB")
+
+    def sample(vm: str) -> Path:
+        return write_sample_vm(data_dir, vm, disks=1, disk_size="1MiB")
+
+    with ThreadPoolExecutor(2) as writing:  # VM2 too, so that ListMigratingVms has pages
+        list(writing.map(sample, [VM1, VM2]))
+    idle_dir = fuzz_root / "idle"
+    shutil.copytree(data_dir / "snapshots", idle_dir / "snapshots")
     tmp_root = tmp_path_factory.getbasetemp()
-    exclude = (data_dir, module_servers.run_dir)
+    exclude = (data_dir, idle_dir, module_servers.run_dir)
     before = FsSnapshot.take(tmp_root, exclude)
-    server = module_servers.start(
-        data_dir,
-        heartbeat_interval=0.2,  # a waiting watch answers within 0.2 s
-        fault_plan=[{"match": f"cloneJobs/{HELD_ID}", "step": ADAPTING, "action": "hold"}],
-    )
-    stub = server.stub()
-    known = create(stub, KNOWN_ID, vm_body("known-vm")).name
-    held = create(stub, HELD_ID, vm_body("held-vm")).name
-    read_until(watch(stub, held), step_running(ADAPTING))
-    final = read_until(watch(stub, known), terminal)[-1].clone_job
-    assert final.state == State.SUCCEEDED, final
+    # The idle server runs no job, so the cancel of its one job stays open; it
+    # starts while the fuzzed server starts and runs its first jobs.
+    idle = module_servers.add(idle_dir, max_concurrent_jobs=0)
+    with ThreadPoolExecutor(1) as starting:
+        idle_started = starting.submit(idle.start)
+        server = module_servers.start(
+            data_dir,
+            heartbeat_interval=0.2,  # a waiting watch answers within 0.2 s
+            fault_plan=[{"match": f"cloneJobs/{HELD_ID}", "step": ADAPTING, "action": "hold"}],
+        )
+        stub = server.stub()
+        known = create(stub, KNOWN_ID, vm_body("known-vm")).name
+        held = create(stub, HELD_ID, vm_body("held-vm")).name
+        # Operations on the fuzzed server: a create's and a cancel's, kept for the
+        # whole module, and another create's, which may be deleted. The cancelled
+        # job is held too (the fault plan matches it), so that it ends CANCELLED.
+        channel = server.channel()
+        operations = []
+        cancelled = f"{HELD_ID}-google"
+        for job_id in ("google-created", cancelled):
+            request = spb.CreateCloneJobRequest(
+                parent=VM1, clone_job_id=job_id, clone_job=vm_body(f"{job_id}-vm")
+            )
+            created = unary(channel, rpc(VMMIGRATION, "CreateCloneJob"), request, Operation)
+            operations.append(created)
+        cancel = spb.CancelCloneJobRequest(name=job_name(cancelled))
+        operations.append(unary(channel, rpc(VMMIGRATION, "CancelCloneJob"), cancel, Operation))
+        kept = (operations[0].name, operations[2].name)
+        read_until(watch(stub, held), step_running(ADAPTING))
+        final = read_until(watch(stub, known), terminal)[-1].clone_job
+        assert final.state == State.SUCCEEDED, final
+        final = read_until(watch(stub, job_name(cancelled)), terminal)[-1].clone_job
+        assert final.state == State.CANCELLED, final
+        idle_started.result()
     token = spb.ListCloneJobsRequest(parent=VM1, page_size=1)
-    fuzz = Fuzzed(server, server.channel(), data_dir, known, held, before, tmp_root, exclude)
-    fuzz.page_tokens.append(stub.ListCloneJobs(token, timeout=DEADLINE).next_page_token)
+    page_token = stub.ListCloneJobs(token, timeout=DEADLINE).next_page_token
+
+    idle_channel = idle.channel()
+    stays = create(idle.stub(), "stays", vm_body("stays-vm")).name
+    cancel = spb.CancelCloneJobRequest(name=stays)
+    pending = unary(idle_channel, rpc(VMMIGRATION, "CancelCloneJob"), cancel, Operation)
+    assert not pending.done, pending
+
+    fuzz = Fuzzed(
+        server,
+        channel,
+        data_dir,
+        known,
+        held,
+        before,
+        tmp_root,
+        exclude,
+        idle=idle,
+        idle_channel=idle_channel,
+        pending=pending.name,
+        kept=kept,
+        operations=[*kept, operations[1].name],
+    )
+    fuzz.page_tokens.append(page_token)
+    list_operations = operations_pb2.ListOperationsRequest(name=LOCATION, page_size=1)
+    listed = unary(
+        channel,
+        rpc(OPERATIONS, "ListOperations"),
+        list_operations,
+        operations_pb2.ListOperationsResponse,
+    )
+    assert listed.next_page_token, listed
+    fuzz.operation_tokens.append(listed.next_page_token)
+    list_vms = ListMigratingVmsRequest(parent=SOURCE, page_size=1)
+    vms = unary(
+        channel,
+        rpc(VMMIGRATION, "ListMigratingVms"),
+        list_vms,
+        google_type("ListMigratingVmsResponse"),
+    )
+    assert vms.next_page_token, vms
+    fuzz.vm_tokens.append(vms.next_page_token)
+    fuzz.assert_serving()
     yield fuzz
     fuzz.channel.close()
+    fuzz.idle_channel.close()
     total = sum(fuzz.counts.values())
     parts = ", ".join(f"{k} {v}" for k, v in sorted(fuzz.counts.items()))
     show(pytestconfig, f"fuzz cases run: {total} ({parts})")
@@ -718,6 +892,12 @@ def list_requests(draw: st.DrawFn, issued: list[str]) -> spb.ListCloneJobsReques
         filter=draw(st.one_of(st.just(""), good_filter) if usual else filters),
         order_by=draw(st.sampled_from(["", "create_time", "name desc"]) if usual else orders),
     )
+    request.page_token = draw_page_token(draw, issued)
+    return request
+
+
+def draw_page_token(draw: st.DrawFn, issued: Sequence[str]) -> str:
+    """None ("") mostly, else an issued token as it is or tampered with, or random text."""
     kind = weighted(draw, {"none": 50, "issued": 20, "tampered": 20, "random": 10})
     if kind == "issued" or kind == "tampered":
         token = draw(st.sampled_from(issued))
@@ -726,12 +906,204 @@ def list_requests(draw: st.DrawFn, issued: list[str]) -> spb.ListCloneJobsReques
             token = (
                 token[:i] + draw(st.sampled_from(["A", "_", "-", "=", "é", ""])) + token[i + 1 :]
             )
-        request.page_token = token
-    elif kind == "random":
-        request.page_token = draw(
-            st.one_of(text_any, st.binary(max_size=200).map(lambda b: b.hex()))
-        )
+        return token
+    if kind == "random":
+        random: str = draw(st.one_of(text_any, st.binary(max_size=200).map(lambda b: b.hex())))
+        return random
+    return ""
+
+
+# -- the Google surface's requests --
+
+GOOGLE_COLLECTIONS = [*COLLECTIONS, "operations"]
+google_path = st.lists(st.one_of(st.sampled_from(GOOGLE_COLLECTIONS), segment), max_size=12).map(
+    "/".join
+)
+SUFFIXES = ["/", "/..", "/.", "\0", "x", "-", " ", "/operations", "/migratingVms"]
+# Names far past any limit (4 MiB is the message limit).
+huge_text = st.sampled_from(
+    [
+        "a" * 1_000_000,
+        "/".join(["projects", "p1"] * 100_000),
+        "\0" * 500_000,
+        "ü" * 300_000,
+        f"{LOCATION}/operations/" + "o" * 1_000_000,
+        f"{SOURCE}/migratingVms/" + "../" * 300_000,
+    ]
+)
+
+
+def google_name(built: st.SearchStrategy[str], known: Sequence[str]) -> st.SearchStrategy[str]:
+    """A name: a known one as it is or suffixed, one built from hostile segments, a
+    path of mixed collections and segments, any text, or a huge one."""
+    return st.one_of(
+        st.sampled_from(known),
+        st.sampled_from(known),
+        built,
+        built,
+        st.builds(lambda n, s: n + s, st.sampled_from(known), st.sampled_from(SUFFIXES)),
+        google_path,
+        text_any,
+        huge_text,
+    )
+
+
+location_names = google_name(
+    st.builds(lambda p, l_: f"projects/{p}/locations/{l_}", segment, segment), [LOCATION]
+)
+source_names = google_name(
+    st.builds(
+        lambda p, l_, s: f"projects/{p}/locations/{l_}/sources/{s}", segment, segment, segment
+    ),
+    [SOURCE],
+)
+migrating_vm_names = google_name(
+    st.one_of(st.builds(lambda m: f"{SOURCE}/migratingVms/{m}", segment), canonical_parent),
+    [VM1, VM2],
+)
+operation_ids = st.one_of(
+    st.builds(
+        lambda ms, h: f"operation-{ms}-{h}",
+        st.integers(0, 2**64),
+        st.binary(max_size=12).map(bytes.hex),
+    ),
+    valid_id,
+    text_any,
+)
+
+
+def operation_names(known: Sequence[str]) -> st.SearchStrategy[str]:
+    ids = st.one_of(st.sampled_from([n.rsplit("/", 1)[-1] for n in known]), operation_ids)
+    built = st.builds(lambda loc, i: f"{loc}/operations/{i}", location_names, ids)
+    return google_name(built, known)
+
+
+# Page sizes of every kind, with valid requests too: a page or two of the few
+# items listed, around the default and the limit, negative, and int32 at either end.
+google_page_sizes = st.one_of(
+    st.integers(-3, 4),
+    st.integers(-3, 4),
+    st.sampled_from([-(2**31), 0, 499, 500, 501, 999, 1000, 1001, 2**31 - 1]),
+    int32,
+)
+views = st.one_of(st.integers(0, 2), enum_any)  # MigratingVmView: UNSPECIFIED, BASIC, FULL
+
+
+@st.composite
+def list_vms_requests(draw: st.DrawFn, issued: Sequence[str]) -> Any:
+    usual = weighted(draw, {"usual": 7, "any": 3}) == "usual"
+    request = ListMigratingVmsRequest(
+        parent=SOURCE if usual else draw(source_names),
+        page_size=draw(google_page_sizes),
+        filter="" if usual else draw(filters),
+        order_by=draw(st.sampled_from(["", "name"]) if usual else orders),
+        view=draw(views),
+    )
+    request.page_token = draw_page_token(draw, issued)
     return request
+
+
+@st.composite
+def list_operations_requests(
+    draw: st.DrawFn, issued: Sequence[str]
+) -> operations_pb2.ListOperationsRequest:
+    usual = weighted(draw, {"usual": 7, "any": 3}) == "usual"
+    request = operations_pb2.ListOperationsRequest(
+        name=LOCATION if usual else draw(location_names),
+        page_size=draw(google_page_sizes),
+        filter="" if usual else draw(filters),
+        return_partial_success=draw(st.booleans()),
+    )
+    request.page_token = draw_page_token(draw, issued)
+    return request
+
+
+def duration(seconds: int, nanos: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
+
+
+MAX_DURATION_SECONDS = 315_576_000_000  # what google.protobuf.Duration allows
+durations = st.one_of(
+    st.builds(duration, st.integers(0, 1), st.integers(0, 999_999_999)),  # a second or two
+    st.builds(duration, int64, int32),
+    st.builds(duration, st.integers(-(2**63), 0), st.integers(-999_999_999, 0)),
+    st.sampled_from(
+        [
+            (2**63 - 1, 999_999_999),
+            (2**63 - 1, 2**31 - 1),
+            (-(2**63), -(2**31)),
+            (MAX_DURATION_SECONDS, 0),
+            (MAX_DURATION_SECONDS + 1, 0),
+            (-MAX_DURATION_SECONDS - 1, 0),
+            (10**12, 0),
+            (0, 0),
+            (0, 1),
+            (0, -1),
+            (-1, 0),
+            (1, -1),
+            (-1, 1),
+            (0, 10**9),
+            (0, 2**31 - 1),
+            (600, 0),
+            (601, 0),
+        ]
+    ).map(lambda sn: duration(*sn)),
+)
+
+
+@st.composite
+def wait_requests(
+    draw: st.DrawFn, known: Sequence[str], pending: str
+) -> operations_pb2.WaitOperationRequest:
+    request = operations_pb2.WaitOperationRequest()
+    if weighted(draw, {"known": 97, "pending": 3}) == "pending":
+        request.name = pending
+    else:
+        request.name = draw(operation_names(known))
+    if weighted(draw, {"timeout": 85, "none": 15}) == "timeout":
+        request.timeout.CopyFrom(draw(durations))
+    return request
+
+
+def not_held(fuzz: Fuzzed) -> st.SearchStrategy[spb.CancelCloneJobRequest]:
+    """Cancel requests that spare the held job (it stays held for the other tests)."""
+
+    def spare(request: spb.CancelCloneJobRequest) -> spb.CancelCloneJobRequest:
+        if request.name == fuzz.held:
+            request.name += "x"
+        return request
+
+    return cancel_requests.map(spare)
+
+
+def google_requests(fuzz: Fuzzed, path: str) -> st.SearchStrategy[Any]:
+    """The requests fuzzed on a method of the Google surface: clonejob.v1's for the
+    clone-job methods (wire-compatible with Google's), Google's own for the others.
+    Made when its test starts, from the operations and tokens known by then."""
+    known = list(fuzz.operations)
+    issued = [*fuzz.vm_tokens, *fuzz.operation_tokens, *fuzz.page_tokens]
+    method = path.rsplit("/", 1)[-1]
+    if method == "CreateCloneJob":
+        return create_requests()
+    if method == "GetCloneJob":
+        return get_requests
+    if method == "ListCloneJobs":
+        return list_requests(fuzz.page_tokens)
+    if method == "CancelCloneJob":
+        return not_held(fuzz)
+    if method == "GetMigratingVm":
+        return st.builds(GetMigratingVmRequest, name=migrating_vm_names, view=views)
+    if method == "ListMigratingVms":
+        return list_vms_requests(issued)
+    if method == "ListOperations":
+        return list_operations_requests(issued)
+    if method == "WaitOperation":
+        return wait_requests(known, fuzz.pending)
+    if method == "DeleteOperation":  # the kept operations stay
+        deletable = [n for n in known if n not in fuzz.kept]
+        return st.builds(operations_pb2.DeleteOperationRequest, name=operation_names(deletable))
+    request_type = getattr(operations_pb2, f"{method}Request")  # Get and Cancel
+    return st.builds(request_type, name=operation_names(known))
 
 
 # -- raw bytes --
@@ -801,22 +1173,36 @@ def check_error(fuzz: Fuzzed, error: grpc.RpcError, what: str, request: Any) -> 
     return str(code.name)
 
 
-def call_unary(fuzz: Fuzzed, method: str, request: Any, *, raw: bool = False) -> None:
-    what = method + (" raw" if raw else "")
+def call_unary(
+    fuzz: Fuzzed,
+    path: str,
+    request: Any,
+    *,
+    raw: bool = False,
+    channel: grpc.Channel | None = None,
+    deadline: float = DEADLINE,
+    note: str = "",
+) -> bytes | None:
+    """Call the method at `path` (`/package.Service/Method`) on the fuzzed server
+    (or on `channel`); the serialized response, None for an error."""
+    what = label(path) + (" raw" if raw else "") + note
     fuzz.counts[what] += 1
-    call = fuzz.channel.unary_unary(
-        f"/clonejob.v1.CloneJobService/{method}",
+    call = (channel or fuzz.channel).unary_unary(
+        path,
         request_serializer=None if raw else type(request).SerializeToString,
         response_deserializer=None,
     )
     started = time.monotonic()
     outcome = "OK"
+    response = None
     try:
-        call(request, timeout=DEADLINE)
+        response = call(request, timeout=deadline)
     except grpc.RpcError as error:
         outcome = check_error(fuzz, error, what, request)
-    assert time.monotonic() - started < DEADLINE
+    took = time.monotonic() - started
+    assert took < deadline, f"{what} took {took:.3f} s, past its {deadline} s deadline"
     fuzz.outcomes[f"{what} {outcome}"] += 1
+    return response
 
 
 def call_watch(fuzz: Fuzzed, request: Any, reads: int, *, raw: bool = False) -> None:
@@ -851,7 +1237,7 @@ def test_fuzz_create(fuzzed: Fuzzed) -> None:
     @fuzz_settings("create")
     @given(request=create_requests())
     def run(request: spb.CreateCloneJobRequest) -> None:
-        call_unary(fuzzed, "CreateCloneJob", request)
+        call_unary(fuzzed, rpc(CLONEJOB, "CreateCloneJob"), request)
 
     run()
     fuzzed.assert_serving()
@@ -861,7 +1247,7 @@ def test_fuzz_get(fuzzed: Fuzzed) -> None:
     @fuzz_settings("get")
     @given(request=get_requests)
     def run(request: spb.GetCloneJobRequest) -> None:
-        call_unary(fuzzed, "GetCloneJob", request)
+        call_unary(fuzzed, rpc(CLONEJOB, "GetCloneJob"), request)
 
     run()
     fuzzed.assert_serving()
@@ -878,7 +1264,7 @@ def test_fuzz_list(fuzzed: Fuzzed) -> None:
     @fuzz_settings("list")
     @given(request=list_requests(fuzzed.page_tokens))
     def run(request: spb.ListCloneJobsRequest) -> None:
-        call_unary(fuzzed, "ListCloneJobs", request)
+        call_unary(fuzzed, rpc(CLONEJOB, "ListCloneJobs"), request)
 
     run()
     fuzzed.assert_serving()
@@ -890,7 +1276,7 @@ def test_fuzz_cancel(fuzzed: Fuzzed) -> None:
     def run(request: spb.CancelCloneJobRequest) -> None:
         if request.name == fuzzed.held:
             request.name += "x"  # the held job stays held for the other tests
-        call_unary(fuzzed, "CancelCloneJob", request)
+        call_unary(fuzzed, rpc(CLONEJOB, "CancelCloneJob"), request)
 
     run()
     fuzzed.assert_serving()
@@ -914,7 +1300,80 @@ def test_fuzz_raw_bytes(fuzzed: Fuzzed, method: str) -> None:
         if method == "WatchCloneJob":
             call_watch(fuzzed, data, reads, raw=True)
         else:
-            call_unary(fuzzed, method, data, raw=True)
+            call_unary(fuzzed, rpc(CLONEJOB, method), data, raw=True)
+
+    run()
+    fuzzed.assert_serving()
+
+
+def test_fuzz_covers_every_method_of_the_google_surface() -> None:
+    from server.api import operations, vmmigration
+
+    served = {rpc(VMMIGRATION, m) for m in vmmigration.REQUEST_TYPES}
+    served |= {rpc(OPERATIONS, m) for m in operations.REQUEST_TYPES}
+    assert set(GOOGLE_SHARES) == served
+    assert abs(sum(GOOGLE_SHARES.values()) - 1) < 1e-9
+
+
+def harvest(fuzz: Fuzzed, path: str, response: bytes | None) -> None:
+    """Keep the operation a Create or Cancel returned, for the Operations fuzz."""
+    if response is None or path.rsplit("/", 1)[-1] not in ("CreateCloneJob", "CancelCloneJob"):
+        return
+    operation = Operation.FromString(response)
+    assert operation.name.startswith("projects/"), operation
+    if path.endswith("/CreateCloneJob"):
+        assert operation.done, operation  # a create's operation is done at once
+    if operation.name not in fuzz.operations and len(fuzz.operations) < 100:
+        fuzz.operations.append(operation.name)
+
+
+# Always waited on the open operation, besides what Hypothesis draws: the
+# timeouts whose wait only the deadline bounds (none at all, past any
+# timedelta, past Duration's own range) and the least one.
+OPEN_WAIT_TIMEOUTS = [
+    None,
+    duration(2**63 - 1, 999_999_999),
+    duration(MAX_DURATION_SECONDS + 1, 0),
+    duration(0, 1),
+]
+
+
+@pytest.mark.parametrize("path", list(GOOGLE_SHARES), ids=label)
+def test_fuzz_google(fuzzed: Fuzzed, path: str) -> None:
+    @fuzz_settings("google", share=GOOGLE_SHARES[path])
+    @given(request=google_requests(fuzzed, path))
+    def run(request: Any) -> None:
+        if path == WAIT and request.name == fuzzed.pending:
+            # The open operation: the wait ends with its timeout or just before
+            # the (short) deadline, not done either way.
+            response = call_unary(
+                fuzzed,
+                path,
+                request,
+                channel=fuzzed.idle_channel,
+                deadline=PENDING_DEADLINE,
+                note=" (open)",
+            )
+            if response is not None:
+                operation = Operation.FromString(response)
+                assert operation.name == fuzzed.pending and not operation.done, operation
+            return
+        harvest(fuzzed, path, call_unary(fuzzed, path, request))
+
+    if path == WAIT:
+        for timeout in OPEN_WAIT_TIMEOUTS:
+            request = operations_pb2.WaitOperationRequest(name=fuzzed.pending, timeout=timeout)
+            run = example(request=request)(run)
+    run()
+    fuzzed.assert_serving()
+
+
+@pytest.mark.parametrize("path", list(GOOGLE_SHARES), ids=label)
+def test_fuzz_google_raw_bytes(fuzzed: Fuzzed, path: str) -> None:
+    @fuzz_settings("google_raw", share=1 / len(GOOGLE_SHARES))
+    @given(data=raw_bytes(google_requests(fuzzed, path)))
+    def run(data: bytes) -> None:
+        call_unary(fuzzed, path, data, raw=True)
 
     run()
     fuzzed.assert_serving()
