@@ -177,7 +177,19 @@ def progress_to_proto(progress: Progress | None) -> spb.StepProgress | None:
     if progress is None:
         return None
     return spb.StepProgress(
-        percent=progress.percent, bytes_done=progress.bytes_done, bytes_total=progress.bytes_total
+        percent=progress.percent,
+        bytes_done=progress.bytes_done,
+        bytes_total=progress.bytes_total,
+        virtual_bytes=progress.virtual_bytes,
+        disks=[
+            spb.DiskProgress(
+                source_disk_number=d.source_disk_number,
+                bytes_done=d.bytes_done,
+                bytes_total=d.bytes_total,
+                virtual_bytes=d.virtual_bytes,
+            )
+            for d in progress.disks
+        ],
     )
 
 

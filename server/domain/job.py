@@ -119,12 +119,28 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DiskProgress:
+    """One disk's copy while disks are prepared: bytes of data (its allocated
+    extents), with its virtual size, holes included, apart."""
+
+    source_disk_number: int
+    bytes_done: int = 0
+    bytes_total: int = 0
+    virtual_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Progress:
-    """Progress of the running step."""
+    """Progress of the running step. While disks are prepared, `bytes_done` of
+    `bytes_total` count data (what the disks hold, holes left out) and `percent`
+    is their ratio; `virtual_bytes` is the disks' size, and `disks` one row per
+    disk in source disk order."""
 
     percent: int
     bytes_done: int = 0
     bytes_total: int = 0
+    virtual_bytes: int = 0
+    disks: tuple[DiskProgress, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ owns it, its products included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 from server.domain.errors import LeaseLostError, StepCancelledError, StepFailedError
 from server.domain.job import (
     CloneJob,
+    DiskProgress,
     ErrorCode,
     JobError,
     Progress,
@@ -97,6 +99,8 @@ class Runner:
         self.cancelled = threading.Event()
         self.lost = False
         self._progress_task: asyncio.Task[None] | None = None
+        self._progress_pending: Progress | None = None  # the latest report, not yet committed
+        self._progress_final = asyncio.Event()  # the pending report is at 100%: commit it now
         self._last_progress = 0.0
         self._last_percent = -1
         self._stopping = False
@@ -297,35 +301,55 @@ class Runner:
         fence = StoreFence(self, loop)
         if kind is StepKind.PREPARING_VM_DISKS:
 
-            def progress(done: int, total: int) -> None:
-                loop.call_soon_threadsafe(self._progress, done, total)
+            def progress(
+                done: int,
+                total: int,
+                /,
+                *,
+                virtual_bytes: int = 0,
+                disks: tuple[DiskProgress, ...] = (),
+            ) -> None:
+                percent = 100 if total <= 0 else min(100, done * 100 // total)
+                value = Progress(
+                    percent=percent,
+                    bytes_done=done,
+                    bytes_total=total,
+                    virtual_bytes=virtual_bytes,
+                    disks=disks,
+                )
+                loop.call_soon_threadsafe(self._progress, value)
 
             return await self.target.prepare_disks(job, progress, self.cancelled, fence)
         if kind is StepKind.ADAPTING_OS:
             return await self.target.adapt_os(job, self.cancelled, fence)
         return await self.target.instantiate(job, self.cancelled, fence)
 
-    def _progress(self, done: int, total: int) -> None:
+    def _progress(self, value: Progress) -> None:
+        """A report of the disk copy. Committed when its percent moves, at most every
+        PROGRESS_INTERVAL, except 100% at once. A report held back is committed when
+        the interval is up (or replaced by a later one), so the last before a stall —
+        a slow disk, a hold between disks — is not lost."""
         if self._stopping or self.lost:
             return  # a copy thread still reporting after stop: nothing more is committed
-        percent = 100 if total <= 0 else min(100, done * 100 // total)
-        now = time.monotonic()
-        if self._progress_task is not None and not self._progress_task.done():
+        if self._progress_pending is None and value.percent == self._last_percent:
             return
-        if percent == self._last_percent or (
-            percent < 100 and now - self._last_progress < PROGRESS_INTERVAL
-        ):
-            return
-        self._last_progress, self._last_percent = now, percent
-        value = Progress(percent=percent, bytes_done=done, bytes_total=total)
+        self._progress_pending, self._last_percent = value, value.percent
+        if value.percent >= 100:
+            self._progress_final.set()
+        if self._progress_task is None or self._progress_task.done():
+            self._progress_task = asyncio.create_task(self._progress_commits())
+
+    async def _progress_commits(self) -> None:
         clock = self.changes.clock
-
-        def apply(job: CloneJob) -> CloneJob:
-            if job.running_step is None or job.running_step.kind is not StepKind.PREPARING_VM_DISKS:
-                return job
-            return job.with_progress(value, clock())
-
-        self._progress_task = asyncio.create_task(self._progress_commit(apply))
+        while self._progress_pending is not None and not (self._stopping or self.lost):
+            wait = self._last_progress + PROGRESS_INTERVAL - time.monotonic()
+            if wait > 0 and not self._progress_final.is_set():
+                with contextlib.suppress(TimeoutError):  # later reports replace the pending one
+                    await asyncio.wait_for(self._progress_final.wait(), wait)
+            value, self._progress_pending = self._progress_pending, None
+            self._progress_final.clear()
+            self._last_progress = time.monotonic()
+            await self._progress_commit(functools.partial(_with_progress, value, clock))
 
     async def _progress_commit(self, apply: Callable[[CloneJob], CloneJob]) -> None:
         try:
@@ -376,6 +400,12 @@ def _start_step(kind: StepKind, clock: Callable[[], Any], job: CloneJob) -> Clon
 
 def _finish_step(result: TargetResult, clock: Callable[[], Any], job: CloneJob) -> CloneJob:
     return job.finish_step(clock(), result)
+
+
+def _with_progress(value: Progress, clock: Callable[[], Any], job: CloneJob) -> CloneJob:
+    if job.running_step is None or job.running_step.kind is not StepKind.PREPARING_VM_DISKS:
+        return job
+    return job.with_progress(value, clock())
 
 
 def _io_error(kind: StepKind, error: OSError) -> JobError:

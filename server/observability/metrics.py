@@ -79,7 +79,8 @@ class Metrics:
         )
         self.bytes_copied = Counter(
             "clonejob_bytes_copied",
-            "Bytes of disk images copied by preparing_vm_disks (holes count as copied)",
+            "Bytes of disk data copied by preparing_vm_disks: the snapshot disks' allocated"
+            " extents, as in the watch's progress (holes are not counted)",
             registry=r,
         )
         for step in StepKind:
@@ -153,8 +154,9 @@ class Metrics:
         self._count_bytes(old, new)
 
     def _count_bytes(self, old: CloneJob | None, new: CloneJob) -> None:
-        # Progress commits are coalesced: count their increases as they come and,
-        # when the copy ends well, the rest up to its total.
+        # Progress counts data bytes (holes left out). Its commits are coalesced:
+        # count their increases as they come and, when the copy ends well, the rest
+        # up to its total.
         running = new.running_step
         if running is not None and running.kind is StepKind.PREPARING_VM_DISKS:
             if new.progress is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from server.domain.job import (
     CloneJob,
+    DiskProgress,
     ErrorCode,
     JobError,
     Progress,
@@ -72,6 +73,16 @@ def dump(job: CloneJob) -> str:
             "percent": job.progress.percent,
             "bytes_done": job.progress.bytes_done,
             "bytes_total": job.progress.bytes_total,
+            "virtual_bytes": job.progress.virtual_bytes,
+            "disks": [
+                {
+                    "source_disk_number": d.source_disk_number,
+                    "bytes_done": d.bytes_done,
+                    "bytes_total": d.bytes_total,
+                    "virtual_bytes": d.virtual_bytes,
+                }
+                for d in job.progress.disks
+            ],
         },
         "result": {
             "boot_option": job.result.boot_option,
@@ -132,7 +143,7 @@ def load(text: str) -> CloneJob:
             message=e["message"],
             metadata=e["metadata"],
         ),
-        progress=None if p is None else Progress(**p),
+        progress=None if p is None else _progress(p),
         result=TargetResult(
             boot_option=res["boot_option"],
             license_type=res["license_type"],
@@ -141,6 +152,25 @@ def load(text: str) -> CloneJob:
         request_id=r["request_id"],
         request_hash=r["request_hash"],
         revision=r["revision"],
+    )
+
+
+def _progress(p: dict[str, Any]) -> Progress:
+    # Records written before progress counted data per disk lack the last two fields.
+    return Progress(
+        percent=p["percent"],
+        bytes_done=p.get("bytes_done", 0),
+        bytes_total=p.get("bytes_total", 0),
+        virtual_bytes=p.get("virtual_bytes", 0),
+        disks=tuple(
+            DiskProgress(
+                source_disk_number=d["source_disk_number"],
+                bytes_done=d["bytes_done"],
+                bytes_total=d["bytes_total"],
+                virtual_bytes=d["virtual_bytes"],
+            )
+            for d in p.get("disks", ())
+        ),
     )
 
 

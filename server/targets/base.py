@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
-from server.domain.job import CloneJob, TargetResult
+from server.domain.job import CloneJob, DiskProgress, TargetResult
 from server.domain.migrating_vm import MigratingVm
 from server.domain.names import MigratingVmName, SourceName
 
-# Called from a worker thread with (bytes done, bytes total).
-ProgressFn = Callable[[int, int], None]
+
+class ProgressFn(Protocol):
+    """How prepare_disks reports, from a worker thread: `done` of `total` bytes of
+    data (what the disks hold, their allocated extents; holes are not counted),
+    the disks' virtual size, and each disk's row in source disk order."""
+
+    def __call__(
+        self,
+        done: int,
+        total: int,
+        /,
+        *,
+        virtual_bytes: int = 0,
+        disks: tuple[DiskProgress, ...] = (),
+    ) -> None: ...
 
 
 class Fence(Protocol):

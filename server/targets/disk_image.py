@@ -350,10 +350,11 @@ def copy_sparse(
     """Copy `src` to `dst` (created or truncated), keeping holes as holes.
 
     Tries a reflink first; otherwise copies only the data extents, in chunks
-    of `chunk_size`. After each chunk, reports `on_progress(done, total)`
-    (skipped holes count as done) and raises CopyCancelledError if
-    `cancelled` is set; on cancel or error `dst` is left partially written.
-    OSError (ENOSPC, EIO, ...) propagates unchanged.
+    of `chunk_size`. After each chunk, reports `on_progress(done, total)` in
+    bytes of data (`total` is data_bytes(src): holes count neither as done
+    nor in the total) and raises CopyCancelledError if `cancelled` is set; on
+    cancel or error `dst` is left partially written. OSError (ENOSPC, EIO,
+    ...) propagates unchanged.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -371,13 +372,18 @@ def copy_sparse(
             if (dst_stat.st_dev, dst_stat.st_ino) == (src_stat.st_dev, src_stat.st_ino):
                 raise ValueError(f"cannot copy {src} onto itself")
         total = src_stat.st_size
+        # Found before the copy, so that every report has the same total.
+        extents = list(_data_extents(src_fd, total))
+        data = sum(end - start for start, end in extents)
         dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if _reflink(src_fd, dst_fd):
                 os.fsync(dst_fd)
-                on_progress(total, total)
+                on_progress(data, data)
                 return CopyResult(bytes_total=total, bytes_copied=0, reflinked=True)
-            copied = _copy_extents(src, src_fd, dst_fd, total, on_progress, cancelled, chunk_size)
+            copied = _copy_extents(
+                src, src_fd, dst_fd, total, extents, data, on_progress, cancelled, chunk_size
+            )
             os.fsync(dst_fd)
             return CopyResult(bytes_total=total, bytes_copied=copied, reflinked=False)
         finally:
@@ -402,6 +408,8 @@ def _copy_extents(
     src_fd: int,
     dst_fd: int,
     total: int,
+    extents: list[tuple[int, int]],
+    data: int,
     on_progress: Callable[[int, int], None],
     cancelled: threading.Event,
     chunk_size: int,
@@ -410,7 +418,7 @@ def _copy_extents(
     copied = 0
     reported = -1
     use_copy_file_range = hasattr(os, "copy_file_range")
-    for start, end in _data_extents(src_fd, total):
+    for start, end in extents:
         offset = start
         while offset < end:
             n = min(chunk_size, end - offset)
@@ -426,15 +434,25 @@ def _copy_extents(
                 _pread_pwrite_all(src, src_fd, dst_fd, offset, n)
             offset += n
             copied += n
-            on_progress(offset, total)
-            reported = offset
+            on_progress(copied, data)
+            reported = copied
             # Checked after reporting so a cancel requested from on_progress
             # takes effect before another chunk is copied.
             if cancelled.is_set():
                 raise CopyCancelledError(f"copy of {src} cancelled at byte {offset} of {total}")
-    if reported != total:
-        on_progress(total, total)
+    if reported != data:  # a source of holes only: nothing to copy, done at once
+        on_progress(data, data)
     return copied
+
+
+def data_bytes(path: Path) -> int:
+    """Bytes of data `path` holds: the size of its data extents (holes left out;
+    the whole file where the filesystem cannot tell holes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sum(end - start for start, end in _data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
 
 
 def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import functools
 import glob
@@ -45,6 +46,7 @@ from server.domain.errors import (
 )
 from server.domain.job import (
     CloneJob,
+    DiskProgress,
     ErrorCode,
     JobError,
     StepKind,
@@ -246,12 +248,12 @@ class LocalTarget:
                         vm_name=job.target.vm_name,
                         owner=owner,
                     )
-        # The data the copy writes: what each snapshot disk holds (its allocated
-        # blocks; holes are not written), against the room where it would go.
+        # The data the copy writes: what each snapshot disk holds (its data extents;
+        # holes are not written), against the room where it would go.
         needed = 0
         for disk in disks:
             with contextlib.suppress(OSError):  # a lost disk fails its step, with its reason
-                needed += min(disk.path.stat().st_blocks * 512, disk.size_bytes)
+                needed += disk_image.data_bytes(disk.path)
         folder = self.zone_dir(job)
         while not folder.exists() and folder != self.data_dir and folder.parent != folder:
             folder = folder.parent
@@ -270,21 +272,14 @@ class LocalTarget:
     def _prepare_disks(
         self, job: CloneJob, progress: ProgressFn, cancelled: threading.Event, fence: Fence
     ) -> TargetResult:
-        self.faults.delay(job, StepKind.PREPARING_VM_DISKS, cancelled)
         disks = self._job_disks(job)
-        total = sum(d.size_bytes for d in disks)
-        done_before = 0
+        # What every disk holds is found first, so that percent counts the data of
+        # all disks from the first report on, and a lost disk fails before any copy.
+        report = _CopyReport(progress, [_source_row(job, disk) for disk in disks])
+        report.send()
+        self.faults.delay(job, StepKind.PREPARING_VM_DISKS, cancelled)
         uris: list[tuple[int, str]] = []
-        for disk in disks:
-            try:
-                os.close(os.open(disk.path, os.O_RDONLY))
-            except OSError as error:
-                raise _disk_lost(
-                    disk,
-                    "SOURCE_DISK_UNREADABLE",
-                    f"source disk {disk.source_disk_number} of replication cycle"
-                    f" {job.source_cycle} cannot be read: {error.strerror}",
-                ) from error
+        for index, disk in enumerate(disks):
             dst = self.disk_path(job, disk.source_disk_number)
             dst.parent.mkdir(parents=True, exist_ok=True)
             _remove_older_epochs(dst, fence.epoch)
@@ -293,7 +288,7 @@ class LocalTarget:
                 disk_image.copy_sparse(
                     disk.path,
                     tmp,
-                    on_progress=functools.partial(_offset_progress, progress, done_before, total),
+                    on_progress=functools.partial(report.disk, index),
                     cancelled=cancelled,
                 )
                 fence.check()
@@ -311,7 +306,6 @@ class LocalTarget:
                     f"copying source disk {disk.source_disk_number} failed part-way:"
                     f" {error.strerror or error}",
                 ) from error
-            done_before += disk.size_bytes
             self.faults.apply(job, StepKind.PREPARING_VM_DISKS, cancelled)
             stem = _disk_stem(job, disk.source_disk_number)
             uris.append(
@@ -322,7 +316,7 @@ class LocalTarget:
             )
         if disks:  # the new names are durable before the step is committed as done
             _fsync_dir(self.disk_path(job, disks[0].source_disk_number).parent)
-        progress(total, total)
+        report.finished()
         return TargetResult(disk_uris=tuple(uris))
 
     async def adapt_os(
@@ -539,8 +533,49 @@ def _disk_lost(disk: SnapshotDisk, reason: str, message: str) -> StepFailedError
     )
 
 
-def _offset_progress(progress: ProgressFn, base: int, total: int, done: int, _: int) -> None:
-    progress(base + done, total)
+def _source_row(job: CloneJob, disk: SnapshotDisk) -> DiskProgress:
+    """The disk's row before its copy: the data it holds, and its virtual size."""
+    try:
+        data = disk_image.data_bytes(disk.path)
+    except OSError as error:
+        raise _disk_lost(
+            disk,
+            "SOURCE_DISK_UNREADABLE",
+            f"source disk {disk.source_disk_number} of replication cycle"
+            f" {job.source_cycle} cannot be read: {error.strerror}",
+        ) from error
+    return DiskProgress(
+        source_disk_number=disk.source_disk_number,
+        bytes_total=data,
+        virtual_bytes=disk.size_bytes,
+    )
+
+
+class _CopyReport:
+    """The disks' rows while they are copied, reported to the engine after each
+    chunk; used from the copy's one thread."""
+
+    def __init__(self, progress: ProgressFn, rows: list[DiskProgress]) -> None:
+        self._progress = progress
+        self._rows = rows
+        self._total = sum(r.bytes_total for r in rows)
+        self._virtual = sum(r.virtual_bytes for r in rows)
+
+    def disk(self, index: int, done: int, _total: int) -> None:
+        """copy_sparse's report for disk `index`: `done` bytes of its data."""
+        row = self._rows[index]
+        # The total found before the copy stands: the rows always add up to the step's.
+        self._rows[index] = dataclasses.replace(row, bytes_done=min(done, row.bytes_total))
+        self.send()
+
+    def finished(self) -> None:
+        self._rows = [dataclasses.replace(r, bytes_done=r.bytes_total) for r in self._rows]
+        self.send()
+
+    def send(self) -> None:
+        rows = tuple(self._rows)
+        done = sum(r.bytes_done for r in rows)
+        self._progress(done, self._total, virtual_bytes=self._virtual, disks=rows)
 
 
 def _uid(job: CloneJob) -> str:

@@ -90,7 +90,7 @@ def test_failure_missing_snapshot_disk_fails_job_with_reason(
     servers: ServerPool, data_dir: Path, sample_vm: Any
 ) -> None:
     snapshot = sample_vm(data_dir)
-    (snapshot / "disk-1.img").unlink()  # disk 0 is copied first, then cleaned up
+    (snapshot / "disk-1.img").unlink()  # found before any disk is copied
     server = servers.start(data_dir)
     stub = server.stub()
     job = create(stub, "lost-disk", vm_body("lost-vm"))

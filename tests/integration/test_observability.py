@@ -46,6 +46,7 @@ from clonejob_grpc import clone_job_service_pb2_grpc as spb_grpc
 from server.app import App
 from server.config import Config
 from server.domain.names import MigratingVmName
+from server.targets.disk_image import data_bytes
 from server.targets.local import LocalTarget
 
 SERVICE = "clonejob.v1.CloneJobService"
@@ -76,6 +77,11 @@ class Running:
 
 def write_vm(data_dir: Path) -> None:
     LocalTarget(data_dir).write_sample_vm(MigratingVmName.parse(VM1), disks=1, disk_size=DISK_SIZE)
+
+
+def vm_data(data_dir: Path) -> int:
+    """The data the sample VM's disk holds (holes left out): what a clone copies."""
+    return data_bytes(data_dir / "snapshots" / VM1 / "cycles" / "1" / "disk-0.img")
 
 
 async def start_app(data_dir: Path, **options: Any) -> Running:
@@ -198,7 +204,7 @@ async def test_metrics_count_a_clone_job_from_create_to_succeeded(
         count = "clonejob_step_duration_seconds_count"
         assert value(after, count, step=step) == value(before, count, step=step) + 1
     copied = "clonejob_bytes_copied_total"
-    assert value(after, copied) == value(before, copied) + DISK_SIZE
+    assert value(after, copied) == value(before, copied) + vm_data(running.app.config.data_dir)
     assert value(after, "clonejob_engine_queue_depth") == 0
     assert ("clonejob_engine_running_jobs", frozenset()) in after
 
@@ -310,7 +316,7 @@ async def test_metrics_count_a_failed_step_and_a_cancelled_watch(tmp_path: Path)
             for step, more in zip(STEPS, (1, 1, 0), strict=True):
                 assert value(after, count, step=step) == value(before, count, step=step) + more
             copied = "clonejob_bytes_copied_total"
-            assert value(after, copied) == value(before, copied) + DISK_SIZE
+            assert value(after, copied) == value(before, copied) + vm_data(data_dir)
 
             # A watch the client cancels is counted CANCELLED once the server sees it.
             held = await create_vm_job(stub, "hold-1")
