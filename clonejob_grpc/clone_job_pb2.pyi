@@ -61,7 +61,7 @@ NONE: BootConversion
 BIOS_TO_EFI: BootConversion
 
 class CloneJob(_message.Message):
-    __slots__ = ("compute_engine_target_details", "compute_engine_disks_target_details", "compute_engine_vm_details", "target_details", "create_time", "end_time", "name", "state", "state_time", "error", "steps")
+    __slots__ = ("compute_engine_target_details", "compute_engine_disks_target_details", "compute_engine_vm_details", "target_details", "create_time", "end_time", "name", "state", "state_time", "error", "steps", "replication_cycle")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[CloneJob.State]
@@ -91,6 +91,7 @@ class CloneJob(_message.Message):
     STATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_CYCLE_FIELD_NUMBER: _ClassVar[int]
     compute_engine_target_details: ComputeEngineTargetDetails
     compute_engine_disks_target_details: ComputeEngineDisksTargetDetails
     compute_engine_vm_details: TargetVMDetails
@@ -102,7 +103,8 @@ class CloneJob(_message.Message):
     state_time: _timestamp_pb2.Timestamp
     error: Status
     steps: _containers.RepeatedCompositeFieldContainer[CloneStep]
-    def __init__(self, compute_engine_target_details: _Optional[_Union[ComputeEngineTargetDetails, _Mapping]] = ..., compute_engine_disks_target_details: _Optional[_Union[ComputeEngineDisksTargetDetails, _Mapping]] = ..., compute_engine_vm_details: _Optional[_Union[TargetVMDetails, _Mapping]] = ..., target_details: _Optional[_Union[TargetVMDetails, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., state: _Optional[_Union[CloneJob.State, str]] = ..., state_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[Status, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[CloneStep, _Mapping]]] = ...) -> None: ...
+    replication_cycle: str
+    def __init__(self, compute_engine_target_details: _Optional[_Union[ComputeEngineTargetDetails, _Mapping]] = ..., compute_engine_disks_target_details: _Optional[_Union[ComputeEngineDisksTargetDetails, _Mapping]] = ..., compute_engine_vm_details: _Optional[_Union[TargetVMDetails, _Mapping]] = ..., target_details: _Optional[_Union[TargetVMDetails, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., state: _Optional[_Union[CloneJob.State, str]] = ..., state_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[Status, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[CloneStep, _Mapping]]] = ..., replication_cycle: _Optional[str] = ...) -> None: ...
 
 class CloneStep(_message.Message):
     __slots__ = ("adapting_os", "preparing_vm_disks", "instantiating_migrated_vm", "start_time", "end_time")

@@ -43,6 +43,7 @@ def clear_output_only(job: pb.CloneJob) -> pb.CloneJob:
         "state_time",
         "error",
         "steps",
+        "replication_cycle",
         "compute_engine_vm_details",
         "target_details",
     ):
@@ -124,6 +125,7 @@ def job_to_proto(job: CloneJob) -> pb.CloneJob:
 def _build_job(job: CloneJob) -> pb.CloneJob:
     out = pb.CloneJob(
         name=job.name,
+        replication_cycle=job.source_cycle,
         state=cast(Any, int(job.state)),
         create_time=timestamp(job.create_time),
         state_time=timestamp(job.state_time),

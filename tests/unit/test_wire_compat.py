@@ -22,12 +22,13 @@ from clonejob_grpc import clone_job_pb2, clone_job_service_pb2
 # Fields of ours that the public v1 CloneJob does not have (v1alpha1 legacy).
 LEGACY_FIELDS = {"compute_engine_vm_details", "target_details"}
 # Fields of ours that the public v1 requests do not have (extensions: AIP-163).
-EXTENSION_FIELDS = {"validate_only"}
+EXTENSION_FIELDS = {"validate_only", "replication_cycle"}
 TARGET_FIELDS = ("compute_engine_target_details", "compute_engine_disks_target_details")
 # proto-plus renames fields that clash with Python builtins.
 OFFICIAL_RENAMES = {"type": "type_"}
 
 CLONE_JOB_FIELDS = {
+    "replication_cycle",
     "compute_engine_target_details",
     "compute_engine_disks_target_details",
     "compute_engine_vm_details",
@@ -325,7 +326,7 @@ def test_clone_job_state_enum_matches_official() -> None:
 def test_clone_job_has_exactly_the_contract_fields() -> None:
     descriptor = clone_job_pb2.CloneJob.DESCRIPTOR
     assert set(descriptor.fields_by_name) == CLONE_JOB_FIELDS
-    assert len(descriptor.fields) == 11
+    assert len(descriptor.fields) == 12
     assert not descriptor.oneofs  # target details are deliberately not a oneof
     for name in LEGACY_FIELDS:
         assert descriptor.fields_by_name[name].GetOptions().deprecated
