@@ -12,7 +12,7 @@ import grpc.aio
 
 from client import _base
 from client._base import ClientBase
-from client.retry import RetryPolicy
+from client.retry import ReconnectHook, RetryPolicy
 from clonejob_grpc.clone_job_pb2 import CloneJob
 from clonejob_grpc.clone_job_service_pb2 import (
     ListCloneJobsResponse,
@@ -73,13 +73,16 @@ class CloneJobClient(ClientBase):
         clone_job: CloneJob,
         *,
         request_id: str | None = None,
+        validate_only: bool = False,
     ) -> CloneJob:
         """Create a clone job under the migrating VM `parent`.
 
         Without a `request_id` a fresh UUID is sent, so that retries after
         UNAVAILABLE return the job created first instead of a second one.
+        With `validate_only`, the server makes every check and returns the job
+        as it would be created, creating nothing (AIP-163).
         """
-        request = _base.create(parent, clone_job_id, clone_job, request_id)
+        request = _base.create(parent, clone_job_id, clone_job, request_id, validate_only)
         return await self._unary(self._stub.CreateCloneJob, request, CloneJob)
 
     async def get(self, name: str) -> CloneJob:
@@ -130,6 +133,7 @@ class CloneJobClient(ClientBase):
         *,
         after_revision: int = 0,
         max_reconnect_time: float | None = None,
+        on_reconnect: ReconnectHook | None = None,
     ) -> AsyncIterator[WatchCloneJobResponse]:
         """Each change of the job once, in order, until it reaches a terminal state.
 
@@ -137,10 +141,14 @@ class CloneJobClient(ClientBase):
         revision yielded after UNAVAILABLE or WATCHER_TOO_SLOW, and starts
         afresh after REVISION_COMPACTED; it gives up (raising the last error)
         once reconnecting has taken `max_reconnect_time` seconds (default: the
-        retry policy's).
+        retry policy's). `on_reconnect` is told when the stream drops and is
+        being resumed (with the error) and when it answers again (with None).
         """
         resume = self._retry.watch(
-            name, after_revision=after_revision, max_reconnect_time=max_reconnect_time
+            name,
+            after_revision=after_revision,
+            max_reconnect_time=max_reconnect_time,
+            on_reconnect=on_reconnect,
         )
         while not resume.done:
             call = self._stub.WatchCloneJob(resume.request(), metadata=self._metadata)
@@ -167,7 +175,9 @@ class CloneJobClient(ClientBase):
         retry = self._retry.unary(idempotent=True)
         while True:
             try:
-                response = await method(request, timeout=self._timeout, metadata=self._metadata)
+                response = await method(
+                    request, timeout=retry.attempt_timeout(self._timeout), metadata=self._metadata
+                )
                 return cast(_Response, response)
             except grpc.RpcError as error:
                 delay = retry.backoff_after(error)

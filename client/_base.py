@@ -32,7 +32,11 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 
 
 def create(
-    parent: str, clone_job_id: str, clone_job: CloneJob, request_id: str | None
+    parent: str,
+    clone_job_id: str,
+    clone_job: CloneJob,
+    request_id: str | None,
+    validate_only: bool = False,
 ) -> CreateCloneJobRequest:
     """A Create request that is always safe to retry: it carries a request_id."""
     return CreateCloneJobRequest(
@@ -40,6 +44,7 @@ def create(
         clone_job_id=clone_job_id,
         clone_job=clone_job,
         request_id=request_id or str(uuid.uuid4()),
+        validate_only=validate_only,
     )
 
 

@@ -11,7 +11,7 @@ import grpc
 
 from client import _base
 from client._base import ClientBase
-from client.retry import RetryPolicy, WatchResume
+from client.retry import ReconnectHook, RetryPolicy, WatchResume
 from clonejob_grpc.clone_job_pb2 import CloneJob
 from clonejob_grpc.clone_job_service_pb2 import (
     ListCloneJobsResponse,
@@ -69,9 +69,12 @@ class BlockingCloneJobClient(ClientBase):
         clone_job: CloneJob,
         *,
         request_id: str | None = None,
+        validate_only: bool = False,
     ) -> CloneJob:
-        """Create a clone job; a fresh request_id is sent when none is given."""
-        request = _base.create(parent, clone_job_id, clone_job, request_id)
+        """Create a clone job; a fresh request_id is sent when none is given.
+        With `validate_only`, the server makes every check and returns the job
+        as it would be created, creating nothing."""
+        request = _base.create(parent, clone_job_id, clone_job, request_id, validate_only)
         return self._unary(self._stub.CreateCloneJob, request, CloneJob)
 
     def get(self, name: str) -> CloneJob:
@@ -119,10 +122,14 @@ class BlockingCloneJobClient(ClientBase):
         *,
         after_revision: int = 0,
         max_reconnect_time: float | None = None,
+        on_reconnect: ReconnectHook | None = None,
     ) -> Iterator[WatchCloneJobResponse]:
         """Each change of the job once, resuming by itself; see `CloneJobClient.watch`."""
         resume = self._retry.watch(
-            name, after_revision=after_revision, max_reconnect_time=max_reconnect_time
+            name,
+            after_revision=after_revision,
+            max_reconnect_time=max_reconnect_time,
+            on_reconnect=on_reconnect,
         )
         while not resume.done:
             try:
@@ -152,7 +159,9 @@ class BlockingCloneJobClient(ClientBase):
         retry = self._retry.unary(idempotent=True)  # every unary call here is safe to repeat
         while True:
             try:
-                response = method(request, timeout=self._timeout, metadata=self._metadata)
+                response = method(
+                    request, timeout=retry.attempt_timeout(self._timeout), metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 time.sleep(retry.backoff_after(error))
             else:

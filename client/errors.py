@@ -32,6 +32,7 @@ __all__ = [
     "UnavailableError",
     "UnimplementedError",
     "from_grpc_error",
+    "to_status",
 ]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -218,6 +219,34 @@ def from_grpc_error(err: grpc.RpcError) -> CloneJobError:
     )
     error.__cause__ = err
     return error
+
+
+def to_status(error: CloneJobError) -> status_pb2.Status:
+    """The `google.rpc.Status` of an error: the one the server sent, every detail
+    included, when there is one; else one made of its code, message, ErrorInfo
+    and BadRequest."""
+    cause = error.__cause__
+    if isinstance(cause, grpc.RpcError):
+        sent = _rich_status(_call_attr(cause, "trailing_metadata"))
+        if sent is not None:
+            return sent
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    if error.reason:
+        status.details.add().Pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=error.domain, metadata=error.metadata
+            )
+        )
+    if error.violations:
+        status.details.add().Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in error.violations
+                ]
+            )
+        )
+    return status
 
 
 def _call_attr(err: grpc.RpcError, name: str) -> Any:

@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import grpc
 
@@ -29,12 +30,23 @@ from client.errors import CloneJobError, from_grpc_error
 from clonejob_grpc.clone_job_pb2 import CloneJob
 from clonejob_grpc.clone_job_service_pb2 import WatchCloneJobRequest, WatchCloneJobResponse
 
-__all__ = ["TERMINAL_STATES", "Backoff", "RetryPolicy", "UnaryRetry", "WatchResume"]
+__all__ = [
+    "TERMINAL_STATES",
+    "Backoff",
+    "ReconnectHook",
+    "RetryPolicy",
+    "UnaryRetry",
+    "WatchResume",
+]
 
 TERMINAL_STATES = frozenset({CloneJob.SUCCEEDED, CloneJob.FAILED, CloneJob.CANCELLED})
 
 WATCHER_TOO_SLOW = "WATCHER_TOO_SLOW"
 REVISION_COMPACTED = "REVISION_COMPACTED"
+
+# Told of a watch's reconnects: the error when the stream dropped and is being
+# resumed (again at each failed attempt), None once a resumed stream answers.
+ReconnectHook: TypeAlias = Callable[[CloneJobError | None], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,9 +73,11 @@ class Backoff:
 class RetryPolicy:
     """How the clients retry: an immutable value, passed to a client.
 
-    `attempts` bounds unary calls (the first try included);
-    `max_reconnect_time` bounds how long a watch keeps reconnecting without
-    receiving anything before it raises the last error.
+    `attempts` bounds unary calls (the first try included); `deadline`, when
+    set, bounds a unary call's whole time in seconds, every attempt and backoff
+    included (the CLI's `--timeout`: a server that cannot be reached fails
+    within it); `max_reconnect_time` bounds how long a watch keeps reconnecting
+    without receiving anything before it raises the last error.
     """
 
     backoff: Backoff = field(default_factory=Backoff)
@@ -71,14 +85,20 @@ class RetryPolicy:
     # reconnecting after a refused connection, so a call made during a short server
     # restart succeeds instead of failing on the still-refused channel.
     attempts: int = 7
+    deadline: float | None = None
     max_reconnect_time: float = 300.0
 
     def unary(self, *, idempotent: bool) -> UnaryRetry:
-        """The retry state of one unary call."""
+        """The retry state of one unary call, its deadline counted from now."""
         return UnaryRetry(self, idempotent=idempotent)
 
     def watch(
-        self, name: str, *, after_revision: int, max_reconnect_time: float | None = None
+        self,
+        name: str,
+        *,
+        after_revision: int,
+        max_reconnect_time: float | None = None,
+        on_reconnect: ReconnectHook | None = None,
     ) -> WatchResume:
         """The resume state of one watch."""
         return WatchResume(
@@ -86,22 +106,40 @@ class RetryPolicy:
             after_revision=after_revision,
             policy=self,
             max_reconnect_time=max_reconnect_time,
+            on_reconnect=on_reconnect,
         )
 
 
 class UnaryRetry:
-    """The retry state of one unary call: `backoff_after(error)` says how long
-    to wait before the next attempt, or raises the mapped error."""
+    """The retry state of one unary call: `attempt_timeout(timeout)` is the
+    deadline of the next attempt, `backoff_after(error)` says how long to wait
+    before it, or raises the mapped error."""
 
-    def __init__(self, policy: RetryPolicy, *, idempotent: bool) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        idempotent: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._policy = policy
         self._idempotent = idempotent
+        self._clock = clock
+        self._deadline = None if policy.deadline is None else clock() + policy.deadline
         self._attempt = 1
         self._delays = policy.backoff.delays()
 
+    def attempt_timeout(self, timeout: float) -> float:
+        """The deadline of the next attempt: `timeout`, or less if the call's
+        whole deadline comes first."""
+        if self._deadline is None:
+            return timeout
+        return max(0.0, min(timeout, self._deadline - self._clock()))
+
     def backoff_after(self, error: grpc.RpcError) -> float:
         """The delay before the next attempt; raises `CloneJobError` when the
-        error is final (not UNAVAILABLE, not safe to repeat, or out of attempts)."""
+        error is final (not UNAVAILABLE, not safe to repeat, out of attempts,
+        or no time left before the call's deadline for another attempt)."""
         mapped = from_grpc_error(error)
         if (
             not self._idempotent
@@ -109,8 +147,11 @@ class UnaryRetry:
             or self._attempt >= self._policy.attempts
         ):
             raise mapped from error
+        delay = next(self._delays)
+        if self._deadline is not None and self._clock() + delay >= self._deadline:
+            raise mapped from error
         self._attempt += 1
-        return next(self._delays)
+        return delay
 
 
 class WatchResume:
@@ -120,7 +161,8 @@ class WatchResume:
     whether to yield a response (never a heartbeat, never a revision at or
     below the last one yielded); `done` turns true once a terminal job was
     yielded; `backoff_after(error)` says how long to wait before resuming, or
-    raises the mapped error.
+    raises the mapped error. `on_reconnect`, if given, hears of each resume
+    (see `ReconnectHook`).
     """
 
     def __init__(
@@ -131,6 +173,7 @@ class WatchResume:
         policy: RetryPolicy,
         max_reconnect_time: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_reconnect: ReconnectHook | None = None,
     ) -> None:
         self._name = name
         self._policy = policy
@@ -142,6 +185,7 @@ class WatchResume:
         self._resume_from = after_revision
         self._failing_since: float | None = None
         self._delays = policy.backoff.delays()
+        self._on_reconnect = on_reconnect
         self.done = False
 
     def request(self) -> WatchCloneJobRequest:
@@ -150,6 +194,8 @@ class WatchResume:
 
     def accept(self, response: WatchCloneJobResponse) -> bool:
         """Whether to yield this response; any message proves the stream alive."""
+        if self._failing_since is not None and self._on_reconnect is not None:
+            self._on_reconnect(None)
         self._failing_since = None
         self._delays = self._policy.backoff.delays()
         if response.heartbeat or not response.HasField("clone_job"):
@@ -178,6 +224,8 @@ class WatchResume:
         delay = next(self._delays)
         if now + delay - self._failing_since > self._max_reconnect_time:
             raise mapped from error
+        if self._on_reconnect is not None:
+            self._on_reconnect(mapped)
         return delay
 
 

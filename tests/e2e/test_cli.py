@@ -226,7 +226,7 @@ def test_list_shows_a_row_per_job_and_filters(cli: Any, client: BlockingCloneJob
 
     assert table.returncode == 0, table
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["ID", "STATE", "CREATED", "ENDED"], table
+    assert lines[0].split() == ["ID", "STATE", "TARGET", "CREATED", "ENDED", "REASON"], table
     rows = {line.split()[0]: line.split()[1] for line in lines[1:] if line.strip()}
     assert rows == {"list-ok": "SUCCEEDED", "fail-list": "FAILED"}, table
 
@@ -249,9 +249,10 @@ def test_watch_exits_0_when_the_job_succeeds(cli: Any) -> None:
     watched = cli("watch", name_of("watch-ok"))
 
     assert watched.returncode == 0, watched
-    lines = watched.stdout.splitlines()
+    lines = [line for line in watched.stdout.splitlines() if line.startswith("rev ")]
     assert lines[-1].split()[2] == "SUCCEEDED", watched
-    revisions = [int(line.split()[1]) for line in lines if line.startswith("rev ")]
+    assert "clone job watch-ok  SUCCEEDED" in watched.stdout, watched  # the summary at the end
+    revisions = [int(line.split()[1]) for line in lines]
     assert revisions == sorted(set(revisions)), watched
     assert_no_traceback(watched)
 
@@ -321,7 +322,8 @@ def test_watch_exits_1_when_the_job_fails(cli: Any) -> None:
     watched = cli("watch", name_of("fail-watch"))
 
     assert watched.returncode == 1, watched
-    assert watched.stdout.splitlines()[-1].split()[2] == "FAILED", watched
+    changes = [line for line in watched.stdout.splitlines() if line.startswith("rev ")]
+    assert changes[-1].split()[2] == "FAILED", watched
     assert "error: the clone job failed" in watched.stderr, watched
     assert "boom" in watched.stderr, watched
     assert_no_traceback(watched)

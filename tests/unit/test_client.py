@@ -456,6 +456,26 @@ def test_watch_resume_gives_up_only_after_max_reconnect_time() -> None:
         resume.backoff_after(unavailable)
 
 
+def test_watch_resume_tells_on_reconnect_of_each_drop_and_of_the_return() -> None:
+    heard: list[str | None] = []
+    resume = WatchResume(
+        "n",
+        after_revision=0,
+        policy=RetryPolicy(backoff=Backoff(initial=0.001, maximum=0.001)),
+        on_reconnect=lambda error: heard.append(error.reason if error else None),
+    )
+    assert resume.accept(_change(1))
+    assert heard == []  # a stream that never dropped
+    unavailable = _SyncCallError(_rich_status(grpc.StatusCode.UNAVAILABLE, "down", "DOWN"))
+    resume.backoff_after(unavailable)
+    resume.backoff_after(unavailable)
+    assert heard == ["DOWN", "DOWN"]
+    assert not resume.accept(_heartbeat(1))  # a heartbeat is not yielded, but it is the return
+    assert heard == ["DOWN", "DOWN", None]
+    assert resume.accept(_change(2))
+    assert heard == ["DOWN", "DOWN", None]
+
+
 def test_backoff_delays_grow_and_stay_bounded() -> None:
     delays = Backoff(initial=0.1, maximum=5.0).delays()
     taken = [next(delays) for _ in range(12)]
@@ -483,6 +503,24 @@ async def test_blocking_client_gets_and_watches(fake: Fake) -> None:
     assert fake.service.get_calls == 2
     assert revisions == [1, 2]
     assert fake.service.watch_after == [0, 1]
+
+
+async def test_blocking_client_watch_tells_on_reconnect(fake: Fake) -> None:
+    fake.service.watch_sessions = [
+        WatchSession([_change(1)], (grpc.StatusCode.UNAVAILABLE, "DOWN")),
+        WatchSession([_change(2, CloneJob.SUCCEEDED)]),
+    ]
+    heard: list[str | None] = []
+
+    def run() -> list[int]:
+        with BlockingCloneJobClient(fake.address, timeout=5, retry=FAST) as blocking:
+            changes = blocking.watch(
+                NAME, on_reconnect=lambda e: heard.append(e.code_name if e else None)
+            )
+            return [c.revision for c in changes]
+
+    assert await asyncio.to_thread(run) == [1, 2]
+    assert heard == ["UNAVAILABLE", None]
 
 
 async def test_blocking_client_raises_mapped_errors(fake: Fake) -> None:
@@ -529,7 +567,7 @@ async def test_cli_list_prints_a_table_of_every_page(
     fake.service.pages = _three_pages()
     assert await _cli("--server", fake.address, "list", PARENT, "--page-size", "2") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "STATE", "CREATED", "ENDED"]
+    assert lines[0].split() == ["ID", "STATE", "TARGET", "CREATED", "ENDED", "REASON"]
     assert [line.split()[0] for line in lines[1:]] == [f"job-{i}" for i in range(5)]
     assert all("ACTIVE" in line for line in lines[1:])
 
@@ -550,7 +588,7 @@ async def test_cli_error_exits_3_with_the_message_on_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        "error: INVALID_ARGUMENT: the name is invalid",
+        "error: INVALID_ARGUMENT INVALID_NAME: the name is invalid",
         "  name: must end in a valid clone job id",
         "  name.parent: unknown",
     ]
