@@ -75,6 +75,13 @@ def _malformed(request: MalformedRequest) -> grpc.Status:
     ).to_status()
 
 
+class Observer(Protocol):
+    def wrap(
+        self, path: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler`, logged and counted when each call ends."""
+
+
 class Authorizer(Protocol):
     def check(
         self, method: str, request: Any, metadata: Sequence[tuple[str, Any]]
@@ -141,7 +148,10 @@ def _message_class(name: str) -> type[Message]:
 
 
 def add_to_server(
-    servicer: object, server: grpc.aio.Server, authorizer: Authorizer | None = None
+    servicer: object,
+    server: grpc.aio.Server,
+    authorizer: Authorizer | None = None,
+    observer: Observer | None = None,
 ) -> None:
     """Register clonejob.v1.CloneJobService."""
     add_service(
@@ -150,6 +160,7 @@ def add_to_server(
         servicer,
         {method.name: _message_class(method.input_type.name) for method in SERVICE.methods},
         authorizer,
+        observer,
     )
 
 
@@ -159,6 +170,7 @@ def add_service(
     servicer: object,
     request_types: Mapping[str, type[Message]],
     authorizer: Authorizer | None = None,
+    observer: Observer | None = None,
 ) -> None:
     """Register each method of `service` that `request_types` names: its handler is
     the servicer's method of that name, its request parsed with that class."""
@@ -181,9 +193,53 @@ def add_service(
                 request_deserializer=parse,
                 response_serializer=_serialize,
             )
-    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
+    _register(server, service.full_name, handlers, observer)
+
+
+def _register(
+    server: grpc.aio.Server,
+    service: str,
+    handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
+    observer: Observer | None,
+) -> None:
+    if observer is not None:
+        handlers = {
+            name: observer.wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()
+        }
+    generic = grpc.method_handlers_generic_handler(service, dict(handlers))
     server.add_generic_rpc_handlers((generic,))
-    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+    server.add_registered_method_handlers(service, dict(handlers))  # type: ignore[attr-defined]
+
+
+class _Collected:
+    """Stands in for the server while a generated `add_…_to_server` (health,
+    reflection) registers its handlers, so that they can be observed too."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come by name through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.services[service] = dict(handlers)
+
+
+def add_generated(
+    server: grpc.aio.Server,
+    add: Callable[[Any], None],
+    observer: Observer | None = None,
+) -> None:
+    """Register what a generated `add_…_to_server(servicer, server)` registers (called
+    as `add(server)`), each handler observed."""
+    collected = _Collected()
+    add(collected)
+    if not collected.services:
+        raise LookupError("the registration added no handlers by name")
+    for service, handlers in collected.services.items():
+        _register(server, service, handlers, observer)
 
 
 class _Unserved(grpc.GenericRpcHandler):  # type: ignore[type-arg]
@@ -193,12 +249,19 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     other path gets grpc's own UNIMPLEMENTED, so no client can mint labels."""
 
     def __init__(
-        self, service: str, methods: Set[str], served: str, authorizer: Authorizer | None
+        self,
+        service: str,
+        methods: Set[str],
+        served: str,
+        authorizer: Authorizer | None,
+        observer: Observer | None,
     ) -> None:
         self._prefix = f"/{service}/"
         self._methods = methods
         self._served = served
         self._authorizer = authorizer
+        self._observer = observer
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -207,6 +270,12 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         method = path[len(self._prefix) :]
         if not path.startswith(self._prefix) or method not in self._methods:
             return None
+        made = self._handlers.get(method)
+        if made is None:
+            made = self._handlers[method] = self._handler(method)
+        return made
+
+    def _handler(self, method: str) -> grpc.RpcMethodHandler[Any, Any]:
 
         async def unserved(request: bytes, context: Context) -> bytes:
             if self._authorizer is not None:  # no token, no information
@@ -225,7 +294,10 @@ class _Unserved(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             await context.abort(status.code, status.details, status.trailing_metadata)
             raise AssertionError("abort returned")  # pragma: no cover
 
-        return grpc.unary_unary_rpc_method_handler(unserved)
+        handler = grpc.unary_unary_rpc_method_handler(unserved)
+        if self._observer is not None:
+            handler = self._observer.wrap(self._prefix + method, handler)
+        return handler
 
 
 def add_unserved(
@@ -234,7 +306,10 @@ def add_unserved(
     methods: Set[str],
     served: str,
     authorizer: Authorizer | None = None,
+    observer: Observer | None = None,
 ) -> None:
     """Answer the `methods` of `service` that no handler serves with UNIMPLEMENTED;
     register it after the service's own handlers."""
-    server.add_generic_rpc_handlers((_Unserved(service, methods, served, authorizer),))
+    server.add_generic_rpc_handlers(
+        (_Unserved(service, methods, served, authorizer, observer),)
+    )

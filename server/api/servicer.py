@@ -153,6 +153,11 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
     # -- Get, Cancel --
 
     async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> bytes:
+        # A cache hit is answered before the name is parsed: only names of stored
+        # jobs, which were validated, are in the cache.
+        cached = self._engine.current(request.name)
+        if cached is not None:
+            return mapping.job_bytes(cached)
         try:
             job = await self._engine.get(str(job_name(request.name)))
         except Exception as error:

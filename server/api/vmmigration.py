@@ -164,6 +164,9 @@ class VmMigrationService:
             await abort(context, error)
 
     async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> bytes:
+        cached = self._engine.current(request.name)  # as on clonejob.v1: before parsing
+        if cached is not None:
+            return mapping.job_bytes(cached)
         try:
             job = await self._engine.get(str(job_name(request.name)))
         except Exception as error:

@@ -89,6 +89,17 @@ class JobChanges:
                     return job
         return await self.fresh(name)
 
+    def current(self, name: str) -> CloneJob | None:
+        """The cached job when it needs no store check to be current (this server
+        writes alone, or the job has ended); else None. No await: a Get's fast path."""
+        if not self.cache_enabled:
+            return None
+        job = self._current.get(name)
+        if job is None or not (self.store.exclusive or job.state.terminal):
+            return None
+        self._current.move_to_end(name)
+        return job
+
     async def fresh(self, name: str) -> CloneJob:
         """The job as the store has it now."""
         job = await self.store.get(name)

@@ -248,6 +248,11 @@ class Engine:
         by the change feed, and never goes back behind a revision it has sent."""
         return await self.changes.get(name)
 
+    def current(self, name: str) -> CloneJob | None:
+        """The job from this replica's cache when that is sure to be current (see
+        `JobChanges.current`); None means: ask `get`."""
+        return self.changes.current(name)
+
     async def list(self, query: ListQuery) -> Sequence[CloneJob]:
         return await self.store.list(query)
 

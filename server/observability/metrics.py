@@ -11,13 +11,22 @@ queue, slot and watch gauges are read from their owners at scrape time too.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from server.domain.job import CloneJob, State, StepKind
 
@@ -41,23 +50,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # RPCs are counted in plain numbers and exported at scrape time by
+        # _RpcCounts: an RPC costs a few dict operations, not Prometheus' locks.
         # Method names come from registered handlers only (unknown methods never get
         # here), so these stay as small as the service.
-        self._rpc_counters: dict[tuple[str, str, str], Counter] = {}
-        self._rpc_histograms: dict[tuple[str, str], Histogram] = {}
-        self.rpcs = Counter(
-            "clonejob_rpcs",
-            "RPCs ended, by service, method and status code",
-            ["service", "method", "code"],
-            registry=r,
-        )
-        self.rpc_duration = Histogram(
-            "clonejob_rpc_duration_seconds",
-            "RPC duration; for streams, the stream's lifetime",
-            ["service", "method"],
-            buckets=RPC_BUCKETS,
-            registry=r,
-        )
+        self._rpc_counts: dict[tuple[str, str, str], list[float]] = {}
+        self._rpc_durations: dict[tuple[str, str], _Durations] = {}
+        r.register(_RpcCounts(self))
         self._tally: dict[State, int] = dict.fromkeys(State, 0)
         self._count_fn: Callable[[], Mapping[State, int] | None] | None = None
         r.register(_JobCounts(self))
@@ -94,19 +93,14 @@ class Metrics:
     # -- feeds --
 
     def observe_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
-        # The labelled children are looked up once per (service, method, code), not per call.
-        counter = self._rpc_counters.get((service, method, code))
-        if counter is None:
-            counter = self._rpc_counters[(service, method, code)] = self.rpcs.labels(
-                service=service, method=method, code=code
-            )
-        histogram = self._rpc_histograms.get((service, method))
-        if histogram is None:
-            histogram = self._rpc_histograms[(service, method)] = self.rpc_duration.labels(
-                service=service, method=method
-            )
-        counter.inc()
-        histogram.observe(seconds)
+        count = self._rpc_counts.get((service, method, code))
+        if count is None:
+            count = self._rpc_counts[(service, method, code)] = [0, time.time()]
+        count[0] += 1
+        durations = self._rpc_durations.get((service, method))
+        if durations is None:
+            durations = self._rpc_durations[(service, method)] = _Durations()
+        durations.observe(seconds)
 
     def count_jobs(self, counts: Mapping[State, int]) -> None:
         """Start the job gauges from the store, before any change is observed."""
@@ -207,6 +201,66 @@ class Metrics:
                 thread.join()
 
         await asyncio.to_thread(shut)
+
+
+class _Durations:
+    """One histogram's numbers: a count per bucket (not cumulative), the sum, and
+    when it was created."""
+
+    __slots__ = ("buckets", "created", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(RPC_BUCKETS) + 1)  # the last: above every bound
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(RPC_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+def _le(bound: float) -> str:
+    """A bucket's `le` label as prometheus_client writes it (`0.001`, `1.0`, `+Inf`)."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+class _RpcCounts(Collector):
+    """`clonejob_rpcs_total{service,method,code}` and
+    `clonejob_rpc_duration_seconds{service,method}`, from Metrics' plain numbers."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        m = self._metrics
+        counter = CounterMetricFamily(
+            "clonejob_rpcs",
+            "RPCs ended, by service, method and status code",
+            labels=["service", "method", "code"],
+        )
+        # list(...) copies in one step under the GIL: the event loop may add keys.
+        for (service, method, code), (count, created) in list(m._rpc_counts.items()):
+            counter.add_metric([service, method, code], count, created=created)
+        histogram = HistogramMetricFamily(
+            "clonejob_rpc_duration_seconds",
+            "RPC duration; for streams, the stream's lifetime",
+            labels=["service", "method"],
+        )
+        for (service, method), durations in list(m._rpc_durations.items()):
+            counts = list(durations.buckets)
+            cumulative, buckets = 0, []
+            for bound, n in zip((*RPC_BUCKETS, math.inf), counts, strict=True):
+                cumulative += n
+                buckets.append((_le(bound), cumulative))
+            histogram.add_metric([service, method], buckets, durations.sum, timestamp=None)
+            histogram.samples.append(
+                Sample(
+                    "clonejob_rpc_duration_seconds_created",
+                    {"service": service, "method": method},
+                    durations.created,
+                )
+            )
+        return [counter, histogram]
 
 
 class _JobCounts(Collector):

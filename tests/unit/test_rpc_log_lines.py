@@ -1,0 +1,61 @@
+"""The per-RPC log lines made directly (the fast path of the RPC line thread) are
+exactly what the configured formatter makes of the same record."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from server.observability import logs
+
+MSG = "%s/%s %s %s %.1f ms %s"
+ARGS = ("clonejob.v1.CloneJobService", "GetCloneJob", "OK", "projects/p/x", 0.25, "ipv4:1")
+FIELDS = {
+    "service": ARGS[0],
+    "method": ARGS[1],
+    "job": ARGS[3],
+    "code": "OK",
+    "duration_ms": 0.25,
+    "peer": "ipv4:1",
+}
+
+
+@pytest.fixture(params=["text", "json"])
+def sink(request: pytest.FixtureRequest) -> Iterator[logs._RpcLineSink]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logs.configure_logging("INFO", request.param, io.StringIO())
+    assert logs._rpc_sink is not None
+    try:
+        yield logs._rpc_sink
+    finally:
+        logs._rpc_sink.stop()
+        logs._rpc_sink = None
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+
+
+@pytest.mark.parametrize(
+    "created",
+    [time.time(), 1_796_000_000.0, 1_796_000_000.0009996, 1_796_000_000.9999996, 1_796_000_001.5],
+)
+def test_rpc_log_line_fast_path_matches_the_formatter(
+    sink: logs._RpcLineSink, created: float
+) -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": logs.RPC_LOGGER,
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": MSG,
+            "args": ARGS,
+            "created": created,
+            "msecs": (created - int(created)) * 1000,
+            **FIELDS,
+        }
+    )
+    assert sink._fast(created, MSG, ARGS, dict(FIELDS)) == sink._handler.format(record)
