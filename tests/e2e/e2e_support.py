@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -81,6 +82,13 @@ def run(
         check=False,
     )
     return Result(full, done.returncode, done.stdout, done.stderr)
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from e2e_support import (
     Result,
     ServerPool,
     base_env,
+    closed_port,
     run,
     wait_until,
     write_sample_vm,
@@ -45,13 +46,6 @@ FAULTS = [
 
 def name_of(job_id: str, parent: str = VM1) -> str:
     return f"{parent}/cloneJobs/{job_id}"
-
-
-def closed_port() -> int:
-    """A port of 127.0.0.1 that nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_no_traceback(result: Result) -> None:
@@ -287,25 +281,33 @@ def test_watch_exits_2_when_the_job_is_cancelled(cli: Any, server: Any) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    # The watch's lines as they come: the cancel is sent only once the watch has
+    # shown the held state (a watch that started later would begin after it).
+    lines: list[str] = []
+    assert watcher.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")))
+    reader.start()
     try:
-
-        def adapting() -> bool:
-            got = cli("get", name, "--json")
-            assert got.returncode == 0, got
-            return bool(json.loads(got.stdout)["state"] == "ADAPTING_OS")
-
-        wait_until("the held job to reach ADAPTING_OS", adapting)
+        wait_until(
+            "the watch to show the held job in ADAPTING_OS",
+            lambda: any(line.startswith("rev ") and "ADAPTING_OS" in line for line in lines),
+        )
         assert watcher.poll() is None, "the watch ended while the job was held"
 
         cancelled = cli("cancel", name)
         assert cancelled.returncode == 0, cancelled
         assert re.search(r"^state:\s+(CANCELLING|CANCELLED)\b", cancelled.stdout, re.M), cancelled
 
-        stdout, stderr = watcher.communicate(timeout=60)
+        watcher.wait(timeout=60)
     finally:
         if watcher.poll() is None:
             watcher.kill()
-            watcher.communicate()
+            watcher.wait()
+        reader.join(timeout=10)
+    assert watcher.stderr is not None
+    stdout, stderr = "".join(lines), watcher.stderr.read()
+    watcher.stdout.close()
+    watcher.stderr.close()
 
     result = Result(watcher.args, watcher.returncode, stdout, stderr)  # type: ignore[arg-type]
     assert watcher.returncode == 2, result

@@ -27,6 +27,7 @@ from e2e_support import (
     ServerPool,
     Terminal,
     base_env,
+    closed_port,
     run,
     wait_until,
     write_sample_vm,
@@ -67,12 +68,6 @@ def env(**extra: str) -> dict[str, str]:
 
 def name_of(job_id: str, parent: str = VM_A) -> str:
     return f"{parent}/cloneJobs/{job_id}"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_clean(result: Result) -> None:
