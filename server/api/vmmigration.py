@@ -164,14 +164,8 @@ class VmMigrationService:
             await abort(context, error)
 
     async def GetCloneJob(self, request: spb.GetCloneJobRequest, context: Context) -> bytes:
-        cached = self._engine.current(request.name)  # as on clonejob.v1: before parsing
-        if cached is not None:
-            return mapping.job_bytes(cached)
-        try:
-            job = await self._engine.get(str(job_name(request.name)))
-        except Exception as error:
-            await abort(context, error)
-        return mapping.job_bytes(job)  # clonejob.v1's CloneJob is Google's on the wire
+        # The same request and reply on the wire as clonejob.v1's: the same handler.
+        return await self._jobs.GetCloneJob(request, context)
 
     async def ListCloneJobs(
         self, request: spb.ListCloneJobsRequest, context: Context
