@@ -30,9 +30,9 @@ from server.api.errors import abort, invalid_argument
 from server.api.page_tokens import PageTokens
 from server.domain.job import CloneJob, State
 from server.domain.listing import Cursor
-from server.domain.names import InvalidNameError, LocationName, OperationName
+from server.domain.names import LocationName, OperationName
 from server.domain.operation import Operation, Verb
-from server.domain.validation import Violation
+from server.domain.validation import Violation, check_name, check_page_size
 from server.engine import Engine, Heartbeat
 from server.store.records import to_us
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 SERVICE = operations_pb2.DESCRIPTOR.services_by_name["Operations"]
 REQUEST_TYPES = {m.name: getattr(operations_pb2, m.input_type.name) for m in SERVICE.methods}
 
-DEFAULT_PAGE_SIZE = 500
-MAX_PAGE_SIZE = 1000
 # How long WaitOperation waits when neither its timeout nor a deadline bounds it.
 MAX_WAIT = 600.0
 # WaitOperation answers before the call's deadline, so the answer arrives: a fifth of
@@ -105,12 +103,12 @@ def operation_proto(operation: Operation, job: CloneJob | None) -> operations_pb
     return out
 
 
-def operation_name(value: str, field: str = "name") -> OperationName:
-    try:
-        return OperationName.parse(value)
-    except InvalidNameError as error:
-        shown = value[:200]
-        raise invalid_argument([Violation(field, f"{shown!r} {error}")]) from None
+def operation_name(value: str) -> OperationName:
+    out: list[Violation] = []
+    name = check_name(value, "name", OperationName.parse, out)
+    if name is None:
+        raise invalid_argument(out)
+    return name
 
 
 class OperationsService:
@@ -159,11 +157,8 @@ class OperationsService:
             out: list[Violation] = []
             if request.timeout.seconds < 0 or request.timeout.nanos < 0:
                 out.append(Violation("timeout", "is negative"))
-            try:
-                name = OperationName.parse(request.name)
-            except InvalidNameError as error:
-                out.append(Violation("name", f"{request.name[:200]!r} {error}"))
-            if out:
+            name = check_name(request.name, "name", OperationName.parse, out)
+            if out or name is None:
                 raise invalid_argument(out)
             operation = await self._engine.get_operation(str(name))
             current = await self.read(operation)
@@ -202,16 +197,10 @@ class OperationsService:
         self, request: operations_pb2.ListOperationsRequest
     ) -> operations_pb2.ListOperationsResponse:
         out: list[Violation] = []
-        location: LocationName | None = None
-        try:
-            location = LocationName.parse(request.name)
-        except InvalidNameError as error:
-            out.append(Violation("name", f"{request.name[:200]!r} {error}"))
+        location = check_name(request.name, "name", LocationName.parse, out)
         if request.filter:
             out.append(Violation("filter", "is not supported here: leave it empty"))
-        if request.page_size < 0:
-            out.append(Violation("page_size", f"{request.page_size} is negative"))
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page_size = check_page_size(request.page_size, out)
         query = "operations:" + request.name
         cursor = self._tokens.read(request.page_token, out, parent=query)
         if out or location is None:

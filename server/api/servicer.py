@@ -28,6 +28,7 @@ from server.domain.validation import (
     RFC1035_RULE,
     Violation,
     check_job_name,
+    check_page_size,
     check_parent,
     check_request_id,
     check_vm_target,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clonejob.api")
 
-DEFAULT_PAGE_SIZE = 500
-MAX_PAGE_SIZE = 1000
 # A job stays well below clients' default 4 MiB message limit, and so does a page:
 # a List page ends early (with a next_page_token) once it reaches MAX_PAGE_BYTES.
 MAX_CLONE_JOB_BYTES = 1024 * 1024
@@ -186,9 +185,7 @@ class CloneJobService(spb_grpc.CloneJobServiceServicer):
         out: list[Violation] = []
         # Any id of the parent may be `-`: a List across collections (AIP-159).
         parent = check_parent(request.parent, "parent", out, wildcard=True)
-        if request.page_size < 0:
-            out.append(Violation("page_size", f"{request.page_size} is negative"))
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page_size = check_page_size(request.page_size, out)
         query_filter = order_by = None
         try:
             query_filter = parse_filter(request.filter)

@@ -38,8 +38,8 @@ from server.api.page_tokens import PageTokens
 from server.api.servicer import CloneJobService, job_name, new_job
 from server.domain.listing import Cursor, ListQuery, OrderBy, parse_filter
 from server.domain.migrating_vm import MigratingVm
-from server.domain.names import InvalidNameError, MigratingVmName, SourceName
-from server.domain.validation import Violation
+from server.domain.names import SourceName
+from server.domain.validation import Violation, check_name, check_page_size, check_parent
 from server.engine import Engine
 
 if TYPE_CHECKING:
@@ -131,8 +131,6 @@ _RUNNING = parse_filter(
 )
 _FINISHED = parse_filter("state = SUCCEEDED OR state = FAILED OR state = CANCELLED")
 RECENT_RUNNING_JOBS = 10
-DEFAULT_PAGE_SIZE = 500
-MAX_PAGE_SIZE = 1000
 
 
 class VmMigrationService:
@@ -179,12 +177,10 @@ class VmMigrationService:
 
     async def GetMigratingVm(self, request: Any, context: Context) -> Message:
         try:
-            try:
-                name = MigratingVmName.parse(request.name)
-            except InvalidNameError as error:
-                raise invalid_argument(
-                    [Violation("name", f"{request.name[:200]!r} {error}")]
-                ) from None
+            out: list[Violation] = []
+            name = check_parent(request.name, "name", out)
+            if name is None:
+                raise invalid_argument(out)
             vm = await self._engine.migrating_vm(name)
             return await self._vm_proto(vm, full=request.view == _VIEW_FULL)
         except Exception as error:
@@ -198,18 +194,12 @@ class VmMigrationService:
 
     async def _list_vms(self, request: Any) -> Message:
         out: list[Violation] = []
-        source: SourceName | None = None
-        try:
-            source = SourceName.parse(request.parent)
-        except InvalidNameError as error:
-            out.append(Violation("parent", f"{request.parent[:200]!r} {error}"))
+        source = check_name(request.parent, "parent", SourceName.parse, out)
         if request.filter:
             out.append(Violation("filter", "is not supported here: leave it empty"))
         if request.order_by not in ("", "name"):
             out.append(Violation("order_by", "migrating VMs are listed by name only"))
-        if request.page_size < 0:
-            out.append(Violation("page_size", f"{request.page_size} is negative"))
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page_size = check_page_size(request.page_size, out)
         query = "migratingVms:" + request.parent
         cursor = self._tokens.read(request.page_token, out, parent=query)
         after = "" if cursor is None else cursor.name

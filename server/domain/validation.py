@@ -7,12 +7,13 @@ pattern that cannot express `..`, `/`, NUL or anything outside ASCII.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from server.domain.job import TargetKind, TargetSpec
 from server.domain.names import RFC1035, CloneJobName, InvalidNameError, MigratingVmName
@@ -51,28 +52,43 @@ RFC1035_RULE = (
 )
 
 
+N = TypeVar("N")
+
+# List page sizes (AIP-158): 0 means the default, more than the maximum is taken
+# as the maximum, negative is refused.
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+
+
+def check_name(value: str, field: str, parse: Callable[[str], N], out: list[Violation]) -> N | None:
+    """`parse(value)`, or None with the violation added to `out`."""
+    if not value:
+        out.append(Violation(field, "is required"))
+        return None
+    try:
+        return parse(value)
+    except InvalidNameError as error:
+        out.append(Violation(field, f"{_shown(value)} {error}"))
+        return None
+
+
 def check_parent(
     value: str, field: str, out: list[Violation], *, wildcard: bool = False
 ) -> MigratingVmName | None:
-    if not value:
-        out.append(Violation(field, "is required"))
-        return None
-    try:
-        return MigratingVmName.parse(value, wildcard=wildcard)
-    except InvalidNameError as error:
-        out.append(Violation(field, f"{_shown(value)} {error}"))
-        return None
+    return check_name(
+        value, field, functools.partial(MigratingVmName.parse, wildcard=wildcard), out
+    )
 
 
 def check_job_name(value: str, field: str, out: list[Violation]) -> CloneJobName | None:
-    if not value:
-        out.append(Violation(field, "is required"))
-        return None
-    try:
-        return CloneJobName.parse(value)
-    except InvalidNameError as error:
-        out.append(Violation(field, f"{_shown(value)} {error}"))
-        return None
+    return check_name(value, field, CloneJobName.parse, out)
+
+
+def check_page_size(value: int, out: list[Violation]) -> int:
+    """The page size a List uses for the request's `page_size`."""
+    if value < 0:
+        out.append(Violation("page_size", f"{value} is negative"))
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def check_request_id(value: str, out: list[Violation]) -> None:
