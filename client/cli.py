@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from client._blocking import BlockingCloneJobClient
     from client.errors import CloneJobError
+    from client.job_text import duration, state_name
     from client.retry import TERMINAL_STATES
     from clonejob_grpc.clone_job_pb2 import CloneJob, CloneStep
 
@@ -141,12 +142,14 @@ def _load() -> None:
     """
     global grpc, Timestamp, Console
     global BlockingCloneJobClient, CloneJobError, TERMINAL_STATES, CloneJob
+    global duration, state_name
     import grpc
     from google.protobuf.timestamp_pb2 import Timestamp
     from rich.console import Console
 
     from client._blocking import BlockingCloneJobClient
     from client.errors import CloneJobError
+    from client.job_text import duration, state_name
     from client.retry import TERMINAL_STATES
     from clonejob_grpc.clone_job_pb2 import CloneJob
 
@@ -709,7 +712,7 @@ def _list(client: BlockingCloneJobClient, args: argparse.Namespace, out: Console
     for job in jobs:
         table.add_row(
             id_under(job.name, parent),
-            _state(job),
+            state_name(job),
             _target(job),
             _time(_field(job, "create_time")),
             _time(_field(job, "end_time")),
@@ -858,7 +861,7 @@ def _demo(args: argparse.Namespace, out: Console) -> int:
 
 def _demo_made(job: CloneJob, data_dir: Path) -> list[str]:
     """What the demo made, and where."""
-    lines = [f"made: the clone job {job.name}, {_state(job)}"]
+    lines = [f"made: the clone job {job.name}, {state_name(job)}"]
     if job.state != CloneJob.SUCCEEDED:
         return [*lines, "  (it kept nothing in the target)"]
     zone = data_dir / "targets/projects/demo-project/zones/us-central1-a"
@@ -1088,7 +1091,7 @@ def _job_facts(job: CloneJob) -> list[str]:
 def _summary(job: CloneJob) -> list[str]:
     lines = [
         f"name:     {job.name}",
-        f"state:    {_state(job)} (since {_time(_field(job, 'state_time'))})",
+        f"state:    {state_name(job)} (since {_time(_field(job, 'state_time'))})",
         f"created:  {_time(_field(job, 'create_time'))}",
         f"ended:    {_time(_field(job, 'end_time'))}",
     ]
@@ -1131,23 +1134,8 @@ def _duration(step: CloneStep) -> str:
         return "not started"
     start = step.start_time.ToDatetime(tzinfo=UTC)
     if step.HasField("end_time"):
-        return _seconds((step.end_time.ToDatetime(tzinfo=UTC) - start).total_seconds())
-    return f"running for {_seconds((datetime.now(UTC) - start).total_seconds())}"
-
-
-def _seconds(total: float) -> str:
-    if total < 60:
-        return f"{total:.1f}s"
-    minutes, seconds = divmod(int(total), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def _state(job: CloneJob) -> str:
-    try:
-        return str(CloneJob.State.Name(job.state))
-    except ValueError:  # a state added after this client was built
-        return f"STATE_{job.state}"
+        return duration((step.end_time.ToDatetime(tzinfo=UTC) - start).total_seconds())
+    return f"running for {duration((datetime.now(UTC) - start).total_seconds())}"
 
 
 def _time(ts: Timestamp | None) -> str:

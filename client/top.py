@@ -25,6 +25,7 @@ from rich.text import Text
 from client._async import CloneJobClient
 from client._names import id_under
 from client.errors import CloneJobError
+from client.job_text import state_name
 from client.retry import TERMINAL_STATES
 from clonejob_grpc.clone_job_pb2 import CloneJob
 from clonejob_grpc.clone_job_service_pb2 import StepProgress
@@ -112,7 +113,7 @@ class Board:
         rate = row.rate()
         return (
             id_under(name, self.parent),
-            _state(job),
+            state_name(job),
             _step(job),
             _progress(job, row.progress) + (f" ({row.note})" if row.note else ""),
             f"{_size(rate)}/s" if rate is not None else "-",
@@ -264,13 +265,6 @@ async def _lines(board: Board, redraw: asyncio.Event, out: Console) -> None:
 
 
 # --- cells ---------------------------------------------------------------------
-
-
-def _state(job: CloneJob) -> str:
-    try:
-        return str(CloneJob.State.Name(job.state))
-    except ValueError:  # a state added after this client was built
-        return f"STATE_{job.state}"
 
 
 def _running_step(job: CloneJob) -> str:

@@ -31,6 +31,7 @@ from rich.live import Live
 from rich.text import Text
 
 from client.errors import CloneJobError
+from client.job_text import duration, state_name
 from client.retry import TERMINAL_STATES
 from clonejob_grpc.clone_job_pb2 import (
     AppliedLicense,
@@ -546,25 +547,8 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def duration(seconds: float) -> str:
-    """4.25 → "4.2s", 65 → "1m05s", 3725 → "1h02m05s"."""
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 def short_id(job: CloneJob) -> str:
     return job.name.rpartition("/")[2]
-
-
-def state_name(job: CloneJob) -> str:
-    try:
-        return str(CloneJob.State.Name(job.state))
-    except ValueError:  # a state added after this client was built
-        return f"STATE_{job.state}"
 
 
 def job_error(job: CloneJob) -> str:
