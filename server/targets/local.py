@@ -116,21 +116,33 @@ class LocalTarget:
         return await asyncio.to_thread(self._latest_cycle, migrating_vm)
 
     def _latest_cycle(self, vm: MigratingVmName) -> str:
-        vm_dir = self.vm_dir(vm)
-        if not vm_dir.is_dir():
+        if not self.vm_dir(vm).is_dir():
             raise MigratingVmNotFoundError(str(vm))
-        cycles = vm_dir / "cycles"
-        numbers = sorted(
-            (int(p.name) for p in cycles.iterdir() if p.name.isdigit()) if cycles.is_dir() else (),
-            reverse=True,
-        )
-        for number in numbers:
+        found = self._latest_completed(vm, self._cycle_numbers(vm))
+        if found is None:
+            raise NoCompletedCycleError(str(vm))
+        return str(found[0])
+
+    def _cycle_numbers(self, vm: MigratingVmName) -> list[int]:
+        """The numbers of the VM's cycle folders, completed or not, lowest first."""
+        cycles = self._inside(self.vm_dir(vm), "cycles")
+        try:
+            return sorted(int(p.name) for p in cycles.iterdir() if p.name.isdigit())
+        except OSError:  # no cycles folder (or no VM folder)
+            return []
+
+    def _latest_completed(
+        self, vm: MigratingVmName, numbers: list[int]
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The highest of `numbers` whose cycle is completed and readable, with its
+        manifest; None when there is none."""
+        for number in reversed(numbers):
             try:
-                self.read_cycle(vm, str(number))
+                manifest, _ = self._read_cycle(vm, str(number))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            return str(number)
-        raise NoCompletedCycleError(str(vm))
+            return number, manifest
+        return None
 
     async def migrating_vm(self, name: MigratingVmName) -> MigratingVm:
         """The VM's cycles as the snapshot store holds them; MigratingVmNotFoundError
@@ -162,11 +174,7 @@ class LocalTarget:
         return found
 
     def _migrating_vm(self, name: MigratingVmName) -> MigratingVm | None:
-        cycles = self._inside(self.vm_dir(name), "cycles")
-        try:
-            numbers = sorted(int(p.name) for p in cycles.iterdir() if p.name.isdigit())
-        except OSError:
-            return None
+        numbers = self._cycle_numbers(name)
         if not numbers:
             return None
         first = self.cycle_dir(name, str(numbers[0]))
@@ -175,16 +183,15 @@ class LocalTarget:
         except OSError:
             return None
         last_sync: datetime | None = None
-        source_vm_id = name.migrating_vm
-        for number in reversed(numbers):
+        source_vm_id = ""
+        found = self._latest_completed(name, numbers)
+        if found is not None:
+            number, manifest = found
             try:
-                self.read_cycle(name, str(number))
-                manifest = self.cycle_dir(name, str(number)) / MANIFEST
-                last_sync = _mtime(manifest)
-                source_vm_id = str(json.loads(manifest.read_text()).get("source_vm_id") or "")
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            break
+                last_sync = _mtime(self.cycle_dir(name, str(number)) / MANIFEST)
+            except OSError:  # removed since it was read
+                pass
+            source_vm_id = str(manifest.get("source_vm_id") or "")
         return MigratingVm(
             name=str(name),
             source_vm_id=source_vm_id or name.migrating_vm,
@@ -194,6 +201,12 @@ class LocalTarget:
 
     def read_cycle(self, vm: MigratingVmName, cycle: str) -> list[SnapshotDisk]:
         """The disks of a completed cycle; ValueError when the upload is incomplete."""
+        return self._read_cycle(vm, cycle)[1]
+
+    def _read_cycle(
+        self, vm: MigratingVmName, cycle: str
+    ) -> tuple[dict[str, Any], list[SnapshotDisk]]:
+        """A completed cycle's manifest and its disks, read once."""
         folder = self.cycle_dir(vm, cycle)
         manifest = json.loads((folder / MANIFEST).read_text())
         if manifest.get("state") != COMPLETED:
@@ -209,7 +222,7 @@ class LocalTarget:
         ]
         if not disks:
             raise ValueError(f"cycle {cycle} has no disks")
-        return sorted(disks, key=lambda d: d.source_disk_number)
+        return manifest, sorted(disks, key=lambda d: d.source_disk_number)
 
     def _job_disks(self, job: CloneJob) -> list[SnapshotDisk]:
         vm = CloneJobName.parse(job.name).parent
