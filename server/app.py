@@ -23,8 +23,8 @@ from server.api.vmmigration import VmMigrationService
 from server.config import Config
 from server.domain.job import State
 from server.engine import Engine, Hub
-from server.observability.interceptor import RpcObserver
 from server.observability.metrics import Metrics, parse_listen
+from server.observability.rpc_observer import RpcObserver
 from server.security import (
     SecurityConfigError,
     TokenAuthorizer,

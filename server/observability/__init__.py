@@ -1,2 +1,2 @@
-"""Metrics (`metrics`), structured logs (`logs`) and the RPC interceptor feeding both
-(`interceptor`). Imported by module, so that `logs` stays light for the CLI."""
+"""Metrics (`metrics`), structured logs (`logs`) and the RPC observer feeding both
+(`rpc_observer`). Imported by module, so that `logs` stays light for the CLI."""

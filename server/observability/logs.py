@@ -4,7 +4,7 @@ A JSON line holds `ts` (RFC 3339, UTC), `level`, `logger` and `msg`, then every
 field passed with `extra=` (the RPC line's method, code and duration_ms; the
 engine's job, old_state, new_state and revision). Nothing here adds request
 bodies or metadata: callers choose what goes into `extra`, and the RPC
-interceptor never passes either.
+observer never passes either.
 """
 
 from __future__ import annotations

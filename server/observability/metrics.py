@@ -45,7 +45,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class Metrics:
-    """The service's metrics; the engine's observer and the RPC interceptor feed them."""
+    """The service's metrics; the engine's observer and the RPC observer feed them."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

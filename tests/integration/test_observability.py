@@ -220,7 +220,7 @@ async def test_metrics_count_a_not_found_get_with_its_code(
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
     # grpc.aio sends an abort's status before the handler's AbortError reaches the
-    # interceptor, so the client may hear NOT_FOUND a moment before it is counted.
+    # observer, so the client may hear NOT_FOUND a moment before it is counted.
     async def counted() -> bool:
         samples = await scrape(running)
         return (

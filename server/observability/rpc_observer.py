@@ -1,9 +1,8 @@
 """RPC observation: one log line and one metrics sample per finished call.
 
 The server wraps each method handler with `RpcObserver.wrap` when it registers
-it (no grpc.aio interceptor runs on the calls, which costs every call an extra
-await); `RpcObserver` is still an interceptor too, for a server built otherwise.
-It wraps each method handler rather than the call, so that it sees how the
+it (no grpc.aio interceptor runs on the calls, which would cost every call an
+extra await). Wrapping the handler rather than the call, so that it sees how the
 call ended: the returned response (OK, or the code set on the context), an
 abort (the code given to `context.abort`, kept by the context), an unexpected
 exception (UNKNOWN, as grpc.aio answers it), or cancellation (CANCELLED; the
@@ -33,9 +32,6 @@ from server.observability.metrics import Metrics
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor  # generic only in the type stubs
 
 log = logging.getLogger("clonejob.rpc")
 
@@ -100,33 +96,14 @@ _KINDS: tuple[tuple[str, Callable[..., Any]], ...] = (
 )
 
 
-class RpcObserver(_Interceptor):
+class RpcObserver:
     """Logs and counts every RPC when it ends; see the module docstring."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
-        # Wrapped handlers, made once per method rather than on every call.
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # unknown method: grpc answers UNIMPLEMENTED itself
-        path = str(handler_call_details.method)
-        cached = self._wrapped.get(path)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self.wrap(path, handler)
-        self._wrapped[path] = (handler, wrapped)
-        return wrapped
 
     def wrap(self, path: str, handler: Handler) -> Handler:
-        """`handler` observed: what the server registers when it observes calls in the
-        method handlers themselves (cheaper than an interceptor on every call)."""
+        """`handler` (of the method at `path`), logged and counted when each call ends."""
         service, _, method = path.lstrip("/").rpartition("/")
         for kind, make in _KINDS:
             behaviour: Any = getattr(handler, kind)
