@@ -10,7 +10,7 @@ from typing import Any
 
 # Every benchmark, in the order `python -m bench` runs them.
 BENCHMARKS = (
-    "get", "create", "watch", "memory", "engine", "disk", "scaling", "cli_startup",
+    "get", "create", "watch", "memory", "job_cost", "engine", "disk", "scaling", "cli_startup",
     # Several replicas on one PostgreSQL ($CLONEJOB_BENCH_POSTGRES, see bench/postgres.py).
     "pg_store", "replica_watch", "takeover", "throughput",
 )  # fmt: skip

@@ -48,11 +48,13 @@ def create(target: str, job_id: str, *, vm: bool = False) -> bytes:
         return s.CreateCloneJob(create_request(job_id, vm=vm), timeout=30).SerializeToString()
 
 
-def create_many(target: str, job_ids: Sequence[str], *, in_flight: int = 64) -> None:
+def create_many(
+    target: str, job_ids: Sequence[str], *, in_flight: int = 64, vm: bool = False
+) -> None:
     with stub(target) as s:
         pending: list[grpc.Future] = []
         for job_id in job_ids:
-            pending.append(s.CreateCloneJob.future(create_request(job_id), timeout=60))
+            pending.append(s.CreateCloneJob.future(create_request(job_id, vm=vm), timeout=60))
             if len(pending) >= in_flight:
                 pending.pop(0).result()
         for future in pending:

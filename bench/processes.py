@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,16 @@ def machine_busy_seconds() -> tuple[float, float]:
     idle = values[3] + values[4]  # idle + iowait
     tick = os.sysconf("SC_CLK_TCK")
     return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def strace_available() -> bool:
+    """Whether `strace` is here and may trace this user's processes."""
+    if shutil.which("strace") is None:
+        return False
+    probe = subprocess.run(
+        ["strace", "-f", "-c", "-o", "/dev/null", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
 
 
 def run_checked(argv: Sequence[str], *, timeout: float = 60.0) -> str:

@@ -270,6 +270,15 @@ class CloneJob:
             result=result if result is not None else self.result,
         )
 
+    def finish_step_and_go_on(self, now: datetime, result: TargetResult) -> CloneJob:
+        """End the running step and, in the same change (one revision), start the
+        next step of the plan or, after the last, succeed: a watcher still sees the
+        step's end, the next one's start and every state."""
+        ended = self.finish_step(now, result)
+        kind = ended.next_step()
+        after = ended.succeed(now) if kind is None else ended.start_step(kind, now)
+        return dataclasses.replace(after, revision=self.revision + 1)
+
     def with_progress(self, progress: Progress, now: datetime) -> CloneJob:
         if self.running_step is None:
             raise InvalidTransitionError(self, self.state)

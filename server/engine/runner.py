@@ -65,6 +65,10 @@ class StoreFence:
         runner = self._runner
         if runner.lost:
             raise LeaseLostError(runner.name)
+        if runner.store.exclusive:
+            # This process is the store's only writer (behind its lock file) and its
+            # leases last the process: no one else can take the job over.
+            return
         future = asyncio.run_coroutine_threadsafe(
             runner.store.holds(runner.name, runner.epoch), self._loop
         )
@@ -106,6 +110,11 @@ class Runner:
         self._stopping = False
         self._renew_lease = renew
         self._ended = False  # a terminal commit: it released the lease itself
+
+    @property
+    def ended(self) -> bool:
+        """Whether this runner committed its job's end (which released the lease)."""
+        return self._ended
 
     # -- what the worker and the change feed call --
 
@@ -227,7 +236,9 @@ class Runner:
         return await self._change(guarded)
 
     async def _run_job(self) -> None:
-        job = await self.changes.fresh(self.name)
+        # The job as the claim read it, in the transaction that took the lease: a
+        # change since (a Cancel elsewhere) fails the first fenced write, which re-reads.
+        job = await self.changes.get(self.name, check=False)
         if job.state is State.CANCELLING:
             await self._finish(job, None)
             return
@@ -250,9 +261,12 @@ class Runner:
             if kind is None:
                 await self._advance(lambda j: j.succeed(clock()))
                 continue
-            job = await self._advance(functools.partial(_start_step, kind, clock))
-            if job.state is State.CANCELLING or job.state.terminal:
-                continue
+            if job.running_step is None:
+                # The first step; each later one starts in the commit that ends the
+                # one before (a step resumed after a restart is running already).
+                job = await self._advance(functools.partial(_start_step, kind, clock))
+                if job.state is State.CANCELLING or job.state.terminal:
+                    continue
             try:
                 result = await self._step(job, kind)
             except StepCancelledError:
@@ -300,6 +314,9 @@ class Runner:
         loop = asyncio.get_running_loop()
         fence = StoreFence(self, loop)
         if kind is StepKind.PREPARING_VM_DISKS:
+            # The step's start was committed just now: the first report waits out the
+            # interval too (a short copy's 0% is replaced by its 100%, one commit).
+            self._last_progress = time.monotonic()
 
             def progress(
                 done: int,
@@ -399,7 +416,7 @@ def _start_step(kind: StepKind, clock: Callable[[], Any], job: CloneJob) -> Clon
 
 
 def _finish_step(result: TargetResult, clock: Callable[[], Any], job: CloneJob) -> CloneJob:
-    return job.finish_step(clock(), result)
+    return job.finish_step_and_go_on(clock(), result)
 
 
 def _with_progress(value: Progress, clock: Callable[[], Any], job: CloneJob) -> CloneJob:

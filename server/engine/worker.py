@@ -57,6 +57,9 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._giving_back: set[asyncio.Future[Any]] = set()
+        # Whether the next claim looks for CANCELLING jobs no one runs. Not after a
+        # runner that ended its job: the wake is for its slot, and a claim is a write.
+        self._cancels_due = True
 
     @property
     def slots_in_use(self) -> int:
@@ -74,6 +77,7 @@ class Worker:
 
     def poke(self) -> None:
         """A job may need a worker: claim soon."""
+        self._cancels_due = True
         self._wake.set()
 
     async def start(self) -> int:
@@ -110,15 +114,23 @@ class Worker:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                self._cancels_due = True  # the poll, or a lease's expiry
 
     async def _claim_delay(self) -> float:
         """Claim once; the seconds to wait before the next claim."""
         # A claim that lost a race for a job sees neither that job nor its new
         # lease's expiry: with a TTL shorter than the poll, poll once a TTL.
         delay = min(POLL_INTERVAL, self.ttl)
-        cancelling = await self.store.claim(self.owner, limit=64, ttl=self.ttl, cancelling=True)
-        self._start(cancelling.leases, in_slot=False)
+        if self._cancels_due:
+            self._cancels_due = False
+            try:
+                cancelling = await self.store.claim(
+                    self.owner, limit=64, ttl=self.ttl, cancelling=True
+                )
+            except BaseException:
+                self._cancels_due = True
+                raise
+            self._start(cancelling.leases, in_slot=False)
         free = self.free_slots
         if free <= 0:
             return delay
@@ -171,6 +183,8 @@ class Worker:
                 self._in_slots.discard(name)
             if not t.cancelled() and t.exception() is not None:
                 log.error("job %s stopped unexpectedly", name, exc_info=t.exception())
+            if not runner.ended:
+                self._cancels_due = True  # it may have left a cancellation unfinished
             if not self._stopping:
                 self._wake.set()  # a slot is free, or the job may need another claim
 

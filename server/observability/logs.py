@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import logging.handlers
 import queue
 import sys
 import threading
@@ -62,30 +61,38 @@ def configure_logging(
     )
     # Formatting and writing happen on a thread of their own: a slow or blocked
     # stderr never stalls the event loop, which only queues each record.
+    # No line names a source file, thread or process: the logging module need not
+    # walk the caller's stack, nor look them up, for every record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     global _rpc_sink
     if _rpc_sink is not None:
         _rpc_sink.stop()
-    _rpc_sink = _RpcLineSink(handler)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
-    listener.start()
-    atexit.register(listener.stop)  # drains what is queued before the process exits
-    logging.basicConfig(level=level.upper(), handlers=[_Enqueue(records)], force=True)
+    _rpc_sink = sink = _RpcLineSink(handler)
+    logging.basicConfig(level=level.upper(), handlers=[_Enqueue(sink)], force=True)
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Queues records as they are: QueueHandler.prepare would format them here,
-    on the caller's thread, which is the work this handler moves away."""
+class _Enqueue(logging.Handler):
+    """Queues records as they are, on the line thread's queue (so every line, an
+    RPC's or another, keeps its order): formatting them here, on the caller's
+    thread, is the work this handler moves away."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+    def __init__(self, sink: _RpcLineSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink.put_record(record)
 
 
 class _RpcLineSink:
-    """The per-RPC lines, the busiest log there is: the event loop only queues a
-    tuple; a thread of its own makes the records, formats them with the same
-    handler as every other line, and writes them in batches (one write and one
-    flush per batch, under the handler's lock, so lines never interleave)."""
+    """Every log line, written by a thread of its own. The per-RPC lines, the
+    busiest log there is, are queued as tuples (the thread makes their records);
+    other lines as records. The thread wakes every FLUSH_INTERVAL, formats what
+    was queued with the one handler, and writes it in a batch (one write and one
+    flush, under the handler's lock, so lines never interleave)."""
 
     def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
         self._handler = handler
@@ -98,14 +105,16 @@ class _RpcLineSink:
             self._kind = "text"
         self._second = -1
         self._stamp = ""
-        self._queue: queue.SimpleQueue[tuple[float, str, tuple[Any, ...], dict[str, Any]] | None]
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="rpc-log", daemon=True)
         self._thread.start()
         atexit.register(self.stop)
 
     def put(self, msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
         self._queue.put((time.time(), msg, args, fields))
+
+    def put_record(self, record: logging.LogRecord) -> None:
+        self._queue.put(record)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -117,7 +126,7 @@ class _RpcLineSink:
             # Woken by time, not by each line: a line queued costs the event loop no
             # thread hand-off. A line waits at most FLUSH_INTERVAL to be written.
             time.sleep(FLUSH_INTERVAL)
-            batch: list[tuple[float, str, tuple[Any, ...], dict[str, Any]] | None] = []
+            batch: list[_Item | None] = []
             while len(batch) < 4096:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -130,6 +139,13 @@ class _RpcLineSink:
                 if item is None:
                     self._write(lines)
                     return
+                if isinstance(item, logging.LogRecord):
+                    if item.levelno >= self._handler.level:
+                        try:
+                            lines.append(self._handler.format(item))
+                        except Exception:  # as logging does: a bad line is not fatal
+                            continue
+                    continue
                 created, msg, args, fields = item
                 try:
                     fast = self._fast(created, msg, args, fields)
@@ -201,6 +217,8 @@ class _RpcLineSink:
 
 
 RPC_LOGGER = "clonejob.rpc"
+# A queued line: an RPC's (time, message, args, fields), or any other record.
+_Item = tuple[float, str, tuple[Any, ...], dict[str, Any]] | logging.LogRecord
 # How often the RPC line thread writes what was queued.
 FLUSH_INTERVAL = 0.05
 _rpc_sink: _RpcLineSink | None = None

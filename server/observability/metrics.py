@@ -161,7 +161,8 @@ class Metrics:
             old is not None
             and before is not None
             and before.kind is StepKind.PREPARING_VM_DISKS
-            and not new.state.terminal
+            # The copy ended well: the next step started, or the job succeeded with it.
+            and new.state not in (State.CANCELLING, State.CANCELLED, State.FAILED)
             and old.progress is not None
         ):
             self._add_bytes(new.name, old.progress.bytes_total)

@@ -264,6 +264,14 @@ class SqliteJobStore:
         outcomes: list[tuple[Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if len(ops) == 1:  # alone in its transaction: no savepoint to fail alone
+                try:
+                    outcomes.append((ops[0](conn), None))
+                except _FAILS_ALONE as error:
+                    conn.execute("ROLLBACK")
+                    return [(None, error)]
+                conn.execute("COMMIT")
+                return outcomes
             for op in ops:
                 conn.execute("SAVEPOINT change")
                 try:
@@ -322,10 +330,11 @@ class SqliteJobStore:
             "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
             (job.name, job.revision, record),
         )
-        conn.execute(
-            "DELETE FROM clone_job_revisions WHERE name = ? AND revision <= ?",
-            (job.name, job.revision - self.revision_retention),
-        )
+        if job.revision > self.revision_retention:  # else there is nothing that old
+            conn.execute(
+                "DELETE FROM clone_job_revisions WHERE name = ? AND revision <= ?",
+                (job.name, job.revision - self.revision_retention),
+            )
 
     # -- leases --
     #

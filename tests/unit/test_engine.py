@@ -806,13 +806,14 @@ async def test_engine_watch_missing_job_raises(engine: Engine) -> None:
     assert engine.hub.open_subscriptions == 0
 
 
-@pytest.mark.parametrize(("buffer_limit", "too_slow"), [(6, False), (5, True)])
+@pytest.mark.parametrize(("buffer_limit", "too_slow"), [(3, False), (2, True)])
 async def test_engine_watch_slow_subscriber_is_dropped_alone(
     make_engine: MakeEngine, target: FakeTarget, buffer_limit: int, too_slow: bool
 ) -> None:
     engine = await make_engine(buffer_limit=buffer_limit)
     job = await create(engine, "slow")
-    await target.started(job.name, StepKind.PREPARING_VM_DISKS)  # at revision 2; 6 changes to go
+    # At revision 2; 3 changes to go: each step's end commits the next one's start.
+    await target.started(job.name, StepKind.PREPARING_VM_DISKS)
     slow = engine.watch(job.name, after_revision=0, heartbeat_interval=QUIET)
     fast = engine.watch(job.name, after_revision=0, heartbeat_interval=QUIET)
     assert (await within(anext(slow))).revision == 2
@@ -823,7 +824,7 @@ async def test_engine_watch_slow_subscriber_is_dropped_alone(
         target.release(job.name, kind)
     done = await final(engine, job.name)
     assert [j.revision for j in await within(fast_items)] == list(range(3, done.revision + 1))
-    assert done.revision - 2 == 6
+    assert done.revision - 2 == 3
     if too_slow:
         with pytest.raises(WatcherTooSlowError) as caught:
             await within(anext(slow))
@@ -870,7 +871,7 @@ async def test_engine_watch_resuming_skips_changes_it_already_sent(
     engine: Engine, target: FakeTarget, store: HookedStore
 ) -> None:
     job = await create(engine, "resume-overlap")
-    await run_to(target, job.name, StepKind.ADAPTING_OS)  # at revision 4
+    await run_to(target, job.name, StepKind.ADAPTING_OS)  # at revision 3
 
     async def advance_job() -> None:
         # Changes committed after the watch subscribed and read the job, before it read
@@ -882,7 +883,7 @@ async def test_engine_watch_resuming_skips_changes_it_already_sent(
     watch = engine.watch(job.name, after_revision=1, heartbeat_interval=QUIET)
     first = await within(anext(watch))
     collector = asyncio.create_task(collect(watch))
-    assert (await engine.get(job.name)).revision == 6
+    assert (await engine.get(job.name)).revision == 4  # a step's end and the next's start
     target.release(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
     items = [first, *await within(collector)]
     assert items == list(await store.revisions(job.name, after=1))

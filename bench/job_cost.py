@@ -1,0 +1,208 @@
+"""CPU per clone job through SUCCEEDED, against the CPU of one bare echo call.
+
+For each kind of job (disks only: one step; a VM: three steps), N jobs with one
+1 MiB disk each are made through the API of a server that runs none of them
+(`--max-concurrent-jobs 0`). The server is then restarted with its slots (the
+default 4), pinned to the server core; its worker takes up the backlog, and the
+server's CPU (user + system, every thread) is counted from the moment it serves
+until the last job is SUCCEEDED, polled read-only from the database every 50 ms.
+CPU per job is that CPU over N: what the engine spends on a job (claim, every
+commit, the disk copy, the published changes, the log lines), none of the
+Create's. The baseline is the bare server's CPU per call in the same run (the
+echo of a Get-sized reply, 64 in flight).
+
+Beside it, from a second pass of the same backlog with `strace -f -c` attached
+to the server: the syscalls per job, the fsyncs (fsync + fdatasync) per job, and
+the commits per job (the job revisions stored, each one commit of its own or
+shared with others' by the group commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import fixtures, loadgen, processes
+from bench.figures import Figure, Run
+from bench.processes import sample_vm
+from bench.profiles import profiled
+from clonejob_grpc import clone_job_service_pb2
+from server.domain.job import State
+
+POLL_INTERVAL = 0.05
+RUN_TIMEOUT = 120.0
+GOAL = 8.0  # CPU per job <= 8x the CPU of one bare call
+_DONE_SQL = f"SELECT count(*) FROM clone_jobs WHERE state = {int(State.SUCCEEDED)}"
+_ENDED_SQL = (
+    "SELECT count(*) FROM clone_jobs WHERE state IN"
+    f" ({int(State.SUCCEEDED)}, {int(State.FAILED)}, {int(State.CANCELLED)})"
+)
+
+
+def _bare_cpu_per_call(run: Run, work: Path, reply: bytes) -> dict[str, Any]:
+    message = work / "job.bin"
+    message.write_bytes(reply)
+    request = clone_job_service_pb2.GetCloneJobRequest(name=fixtures.job_name("x"))
+    with processes.bare(message, workdir=work, cpus=run.server_cpus) as bare:
+        spec = {
+            "mode": "unary",
+            "target": bare.address,
+            "server_pid": bare.pid,
+            "method": "GetCloneJob",
+            "request": request.SerializeToString().hex(),
+            "concurrency": 64,
+            "warmup": run.scale(1.0, 0.3),
+            "duration": run.scale(3.0, 1.0),
+        }
+        return loadgen.run(spec, cpus=run.load_cpus, log=work / "loadgen.log", timeout=60)
+
+
+def _wait_done(db: sqlite3.Connection, jobs: int, server: Any) -> int:
+    """Poll until every job ended; how many SUCCEEDED."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        ended = db.execute(_ENDED_SQL).fetchone()[0]
+        if ended >= jobs:
+            return int(db.execute(_DONE_SQL).fetchone()[0])
+        processes.check_alive(server)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ended}/{jobs} jobs ended in {RUN_TIMEOUT:.0f} s")
+        time.sleep(POLL_INTERVAL)
+
+
+@contextlib.contextmanager
+def _strace(pid: int, out: Path) -> Any:
+    """`strace -f -c` on every thread of `pid` while the block runs; its summary in `out`."""
+    proc = subprocess.Popen(
+        ["strace", "-f", "-c", "-q", "-o", str(out), "-p", str(pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.3)  # attached to every thread by then
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _syscalls(path: Path) -> dict[str, int]:
+    """Calls per syscall from `strace -c`'s table."""
+    counts: dict[str, int] = {}
+    if not path.exists():
+        return counts
+    for line in path.read_text().splitlines():
+        cells = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(cells) >= 5 and re.fullmatch(r"[\d.]+", cells[0]) and cells[3].isdigit():
+            if cells[-1] != "total":
+                counts[cells[-1]] = int(cells[3])
+    return counts
+
+
+def _one_kind(run: Run, work: Path, *, vm: bool, jobs: int, traced: bool) -> dict[str, Any]:
+    data = work / ("data-traced" if traced else "data")
+    sample_vm(data, fixtures.PARENT, disks=1, disk_size="1MiB")
+    prefix = "vm-" if vm else "d-"
+    ids = [f"{prefix}{i}" for i in range(jobs)]
+    with processes.real(data, workdir=work, cpus=run.server_cpus, max_concurrent_jobs=0) as server:
+        fixtures.create_many(server.address, ids, vm=vm)
+        db = sqlite3.connect(f"file:{data / 'clonejob.db'}?mode=ro", uri=True)
+        try:
+            server.restart(max_concurrent_jobs=None)
+            processes.pin(server.pid, run.server_cpus)
+            out: dict[str, Any] = {}
+            if traced:
+                trace = work / f"strace-{prefix}{jobs}.txt"
+                with _strace(server.pid, trace):
+                    before = int(db.execute(_ENDED_SQL).fetchone()[0])
+                    succeeded = _wait_done(db, jobs, server)
+                counts = _syscalls(trace)
+                traced_jobs = max(1, jobs - before)
+                out["traced_jobs"] = traced_jobs
+                out["syscalls"] = counts
+                out["syscalls_per_job"] = sum(counts.values()) / traced_jobs
+                out["fsyncs_per_job"] = (
+                    counts.get("fsync", 0) + counts.get("fdatasync", 0)
+                ) / traced_jobs
+                out["futex_per_job"] = counts.get("futex", 0) / traced_jobs
+                out["writes_per_job"] = (
+                    counts.get("pwrite64", 0) + counts.get("write", 0)
+                ) / traced_jobs
+            else:
+                label = f"job-cost-{'vm' if vm else 'disks'}"
+                start_cpu = processes.cpu_seconds([server.pid])[server.pid]
+                started = time.monotonic()
+                with profiled(run, label, server.pid, run.scale(4.0, 2.0)):
+                    succeeded = _wait_done(db, jobs, server)
+                    wall = time.monotonic() - started
+                    cpu = processes.cpu_seconds([server.pid])[server.pid] - start_cpu
+                out["cpu_ms_per_job"] = 1000 * cpu / jobs
+                out["wall_s"] = wall
+                out["jobs_per_s"] = jobs / wall
+            revisions = db.execute(
+                "SELECT count(*) FROM clone_job_revisions WHERE name LIKE ?",
+                (f"%/cloneJobs/{prefix}%",),
+            ).fetchone()[0]
+            # The Create's commit is the API's; the rest are the engine's.
+            out["engine_commits_per_job"] = revisions / jobs - 1
+            out["succeeded"] = succeeded
+        finally:
+            db.close()
+    return out
+
+
+def run(run: Run) -> list[Figure]:
+    work = run.tmpdir("job_cost")
+    jobs = run.scale(300, 100)
+    sample_vm(work / "probe", fixtures.PARENT)
+    with processes.real(work / "probe", workdir=work, cpus=run.server_cpus) as probe:
+        reply = fixtures.create(probe.address, "probe")
+    bare = _bare_cpu_per_call(run, work, reply)
+    bare_us = bare["server_cpu_us_per_call"]
+    results: dict[str, Any] = {"bare": bare}
+    figures: list[Figure] = []
+    for vm in (False, True):
+        kind = "VM (3 steps)" if vm else "disks only (1 step)"
+        key = "vm" if vm else "disks"
+        kind_work = run.tmpdir(f"job_cost/{key}")
+        measured = _one_kind(run, kind_work, vm=vm, jobs=jobs, traced=False)
+        traced: dict[str, Any] = {}
+        if processes.strace_available():
+            traced = _one_kind(run, kind_work, vm=vm, jobs=jobs, traced=True)
+        results[key] = {"untraced": measured, "traced": traced}
+        odd = "" if measured["succeeded"] == jobs else f"; ONLY {measured['succeeded']} SUCCEEDED"
+        counts = (
+            f"; per job: {measured['engine_commits_per_job']:.1f} engine commits,"
+            f" {traced['fsyncs_per_job']:.1f} fsyncs, {traced['syscalls_per_job']:.0f} syscalls"
+            f" ({traced['futex_per_job']:.0f} futex, {traced['writes_per_job']:.0f} writes)"
+            if traced
+            else f"; per job: {measured['engine_commits_per_job']:.1f} engine commits"
+            " (no strace: no syscall counts)"
+        )
+        figures.append(
+            Figure(
+                benchmark="job_cost",
+                name=f"server CPU per clone job, {kind}",
+                measured=measured["cpu_ms_per_job"] * 1000,
+                baseline=bare_us,
+                unit="us",
+                goal=GOAL,
+                higher_is_better=False,
+                note=f"{jobs} jobs, 1 x 1 MiB disk each, 4 slots, SQLite;"
+                f" {measured['jobs_per_s']:.0f} jobs/s on one core; baseline: bare server CPU"
+                f" per echo call" + counts + odd,
+            )
+        )
+    run.details["job_cost"] = {"jobs": jobs, "results": results}
+    return figures
