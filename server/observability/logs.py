@@ -142,13 +142,13 @@ class _RpcLineSink:
                 if isinstance(item, logging.LogRecord):
                     if item.levelno >= self._handler.level:
                         try:
-                            lines.append(self._handler.format(item))
+                            lines.append(self._record_line(item))
                         except Exception:  # as logging does: a bad line is not fatal
                             continue
                     continue
                 created, msg, args, fields = item
                 try:
-                    fast = self._fast(created, msg, args, fields)
+                    fast = self._fast(created, "INFO", RPC_LOGGER, msg % args, fields)
                 except Exception:  # a line that cannot be formatted is dropped, not fatal
                     continue
                 if fast is not None:
@@ -172,8 +172,27 @@ class _RpcLineSink:
                     continue
             self._write(lines)
 
+    def _record_line(self, record: logging.LogRecord) -> str:
+        """A record's line: made directly like an RPC's, unless it carries a traceback."""
+        if self._kind is not None and not record.exc_info and not record.stack_info:
+            fields = (
+                {
+                    key: value
+                    for key, value in vars(record).items()
+                    if key not in _STANDARD and not key.startswith("_")
+                }
+                if self._kind == "json"
+                else {}
+            )
+            line = self._fast(
+                record.created, record.levelname, record.name, record.getMessage(), fields
+            )
+            if line is not None:
+                return line
+        return self._handler.format(record)
+
     def _fast(
-        self, created: float, msg: str, args: tuple[Any, ...], fields: dict[str, Any]
+        self, created: float, level: str, logger: str, text: str, fields: dict[str, Any]
     ) -> str | None:
         """The line the handler's formatter would make, made directly with the
         timestamp's date and time cached per second; None for another formatter."""
@@ -193,14 +212,14 @@ class _RpcLineSink:
         if self._kind == "json":
             line: dict[str, Any] = {
                 "ts": f"{self._stamp}.{fraction // 1000:03d}+00:00",
-                "level": "INFO",
-                "logger": RPC_LOGGER,
-                "msg": msg % args,
+                "level": level,
+                "logger": logger,
+                "msg": text,
             }
             for key, value in fields.items():
                 line.setdefault(key, value)
             return json.dumps(line, default=str, ensure_ascii=False)
-        return f"{self._stamp},{fraction // 1000:03d} INFO {RPC_LOGGER}: {msg % args}"
+        return f"{self._stamp},{fraction // 1000:03d} {level} {logger}: {text}"
 
     def _write(self, lines: list[str]) -> None:
         if not lines:

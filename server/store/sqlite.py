@@ -18,7 +18,6 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -35,6 +34,7 @@ from server.store.base import (
     LeaseLostError,
     StoreError,
 )
+from server.store.lane import Lane
 from server.store.listing import UNFINISHED_STATES, list_sql, operations_sql
 
 T = TypeVar("T")
@@ -86,8 +86,8 @@ class SqliteJobStore:
         self.path = path
         # Revisions kept per job for watch resume; older ones are compacted away.
         self.revision_retention = revision_retention
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._writer = Lane("sqlite-writer")
+        self._reader = Lane("sqlite-reader")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -202,9 +202,9 @@ class SqliteJobStore:
         self._reader.shutdown()
         self._writer.shutdown()
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    async def _run(self, lane: Lane, fn: Callable[[], T]) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+            return await lane.run(fn)
         except sqlite3.Error as error:  # disk full, I/O error, …: the store is unavailable
             raise StoreError(f"{self.path}: {self._explain(error)}") from error
 

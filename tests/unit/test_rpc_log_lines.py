@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import time
 from collections.abc import Iterator
 
@@ -58,4 +59,35 @@ def test_rpc_log_line_fast_path_matches_the_formatter(
             **FIELDS,
         }
     )
-    assert sink._fast(created, MSG, ARGS, dict(FIELDS)) == sink._handler.format(record)
+    line = sink._fast(created, "INFO", logs.RPC_LOGGER, MSG % ARGS, dict(FIELDS))
+    assert line == sink._handler.format(record)
+
+
+@pytest.mark.parametrize("created", [time.time(), 1_796_000_000.0009996, 1_796_000_001.5])
+def test_other_log_lines_made_directly_match_the_formatter(
+    sink: logs._RpcLineSink, created: float
+) -> None:
+    record = logging.getLogger("clonejob.engine").makeRecord(
+        "clonejob.engine",
+        logging.WARNING,
+        "",
+        0,
+        "%s: %s -> %s (revision %d)",
+        ("projects/p/x", "PENDING", "ACTIVE", 2),
+        None,
+        extra={"job": "projects/p/x", "old_state": "PENDING", "new_state": "ACTIVE"},
+    )
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    assert sink._record_line(record) == sink._handler.format(record)
+
+
+def test_a_log_line_with_a_traceback_is_formatted_whole(sink: logs._RpcLineSink) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("clonejob.engine").makeRecord(
+            "clonejob.engine", logging.ERROR, "", 0, "failed", (), sys.exc_info()
+        )
+    line = sink._record_line(record)
+    assert line == sink._handler.format(record)
+    assert "ValueError: boom" in line
