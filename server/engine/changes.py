@@ -148,6 +148,18 @@ class JobChanges:
         """
         return await self._unsplit(self._change(name, fn, epoch))
 
+    async def change_all(
+        self,
+        name: str,
+        fns: Sequence[Callable[[CloneJob], CloneJob]],
+        *,
+        epoch: int | None = None,
+    ) -> CloneJob:
+        """Apply each of `fns` in turn, each change its own revision, published in
+        order; the job after the last. Where the store commits concurrent writes
+        together (SQLite's group commit), the changes go in one transaction."""
+        return await self._unsplit(self._change_all(name, fns, epoch))
+
     async def _unsplit(self, work: Coroutine[Any, Any, T]) -> T:
         """Run `work` to its end even if the caller goes away (a client's deadline,
         a disconnect, a stopping runner): a change the store committed is always
@@ -192,6 +204,71 @@ class JobChanges:
         finally:
             if not lock.locked() and self._locks.get(name) is lock:
                 del self._locks[name]
+
+    async def _change_all(
+        self, name: str, fns: Sequence[Callable[[CloneJob], CloneJob]], epoch: int | None
+    ) -> CloneJob:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        try:
+            async with lock:
+                job = await self.get(name, check=epoch is None)
+                remaining = list(fns)
+                for _ in range(CHANGE_ATTEMPTS):
+                    chain: list[tuple[int, CloneJob, CloneJob]] = []  # (fn's index, old, new)
+                    current = job
+                    for index, fn in enumerate(remaining):
+                        new = fn(current)
+                        if new is not current:
+                            chain.append((index, current, new))
+                            current = new
+                    if not chain:
+                        return job
+                    written, failure = await self._write_chain(chain, epoch)
+                    if failure is None:
+                        return current
+                    if not isinstance(failure, ConflictError):
+                        raise failure
+                    # Another replica changed it: what is not committed is computed again.
+                    if written:
+                        remaining = remaining[chain[written - 1][0] + 1 :]
+                    job = await self.fresh(name)
+                raise ConflictError(f"{name} kept changing under {CHANGE_ATTEMPTS} attempts")
+        finally:
+            if not lock.locked() and self._locks.get(name) is lock:
+                del self._locks[name]
+
+    async def _write_chain(
+        self, chain: list[tuple[int, CloneJob, CloneJob]], epoch: int | None
+    ) -> tuple[int, BaseException | None]:
+        """Commit the chain's changes in order, publishing each as it is committed;
+        how many were, and the error that stopped the rest."""
+        outcomes: list[BaseException | None] = []
+        if self.store.commits_together:
+            # Handed over in one go, they share a transaction; each change is still
+            # conditional on the one before it, so a failure fails what follows.
+            results = await asyncio.gather(
+                *(
+                    self.store.update(new, expected_revision=old.revision, epoch=epoch)
+                    for _, old, new in chain
+                ),
+                return_exceptions=True,
+            )
+            outcomes = [r if isinstance(r, BaseException) else None for r in results]
+        else:
+            for _, old, new in chain:
+                try:
+                    await self.store.update(new, expected_revision=old.revision, epoch=epoch)
+                except Exception as error:
+                    outcomes.append(error)
+                    break
+                outcomes.append(None)
+        for written, ((_, old, new), outcome) in enumerate(zip(chain, outcomes, strict=False)):
+            if outcome is not None:
+                return written, outcome
+            self.committed(old, new)
+        return len(chain), None
 
     def committed(self, old: CloneJob | None, new: CloneJob) -> None:
         """A change this replica committed: remember, publish, tell."""

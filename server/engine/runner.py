@@ -104,7 +104,8 @@ class Runner:
         self.lost = False
         self._progress_task: asyncio.Task[None] | None = None
         self._progress_pending: Progress | None = None  # the latest report, not yet committed
-        self._progress_final = asyncio.Event()  # the pending report is at 100%: commit it now
+        self._progress_final = asyncio.Event()  # wakes the progress commits: the step ended
+        self._step_over = False
         self._last_progress = 0.0
         self._last_percent = -1
         self._stopping = False
@@ -227,13 +228,18 @@ class Runner:
 
     async def _advance(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
         """A change of the running job; a cancelling or ended job is left as it is."""
+        return await self._change(functools.partial(_unless_stopped, fn))
 
-        def guarded(job: CloneJob) -> CloneJob:
-            if job.state is State.CANCELLING or job.state.terminal:
-                return job
-            return fn(job)
-
-        return await self._change(guarded)
+    async def _advance_all(self, fns: list[Callable[[CloneJob], CloneJob]]) -> CloneJob:
+        """Changes of the running job, each its own revision, committed together."""
+        if self.lost:
+            raise LeaseLostError(self.name)
+        job = await self.changes.change_all(
+            self.name, [functools.partial(_unless_stopped, fn) for fn in fns], epoch=self.epoch
+        )
+        if job.state.terminal:
+            self._ended = True
+        return job
 
     async def _run_job(self) -> None:
         # The job as the claim read it, in the transaction that took the lease: a
@@ -279,9 +285,13 @@ class Runner:
             except OSError as error:
                 await self._finish(await self.changes.get(self.name), _io_error(kind, error))
                 return
-            if self._progress_task is not None:
-                await asyncio.gather(self._progress_task, return_exceptions=True)
-            await self._advance(functools.partial(_finish_step, result, clock))
+            # The last report (100%) and the step's end: two revisions, one commit.
+            pending = await self._end_progress()
+            changes: list[Callable[[CloneJob], CloneJob]] = []
+            if pending is not None:
+                changes.append(functools.partial(_with_progress, pending, clock))
+            changes.append(functools.partial(_finish_step, result, clock))
+            await self._advance_all(changes)
 
     async def _step(self, job: CloneJob, kind: StepKind) -> TargetResult:
         """Run `kind` in the target, with a log line at its start and its end (the
@@ -343,16 +353,15 @@ class Runner:
 
     def _progress(self, value: Progress) -> None:
         """A report of the disk copy. Committed when its percent moves, at most every
-        PROGRESS_INTERVAL, except 100% at once. A report held back is committed when
-        the interval is up (or replaced by a later one), so the last before a stall —
-        a slow disk, a hold between disks — is not lost."""
+        PROGRESS_INTERVAL. A report held back is committed when the interval is up (or
+        replaced by a later one), so the last before a stall — a slow disk, a hold
+        between disks — is not lost; the one pending when the step ends (its 100%) is
+        committed with the step's end."""
         if self._stopping or self.lost:
             return  # a copy thread still reporting after stop: nothing more is committed
         if self._progress_pending is None and value.percent == self._last_percent:
             return
         self._progress_pending, self._last_percent = value, value.percent
-        if value.percent >= 100:
-            self._progress_final.set()
         if self._progress_task is None or self._progress_task.done():
             self._progress_task = asyncio.create_task(self._progress_commits())
 
@@ -363,10 +372,26 @@ class Runner:
             if wait > 0 and not self._progress_final.is_set():
                 with contextlib.suppress(TimeoutError):  # later reports replace the pending one
                     await asyncio.wait_for(self._progress_final.wait(), wait)
+            if self._step_over:
+                return  # the step's end commits what is pending
             value, self._progress_pending = self._progress_pending, None
             self._progress_final.clear()
             self._last_progress = time.monotonic()
             await self._progress_commit(functools.partial(_with_progress, value, clock))
+
+    async def _end_progress(self) -> Progress | None:
+        """The step ended: stop its progress commits (one under way is awaited);
+        the report still pending, for the step's end to commit."""
+        self._step_over = True
+        self._progress_final.set()
+        try:
+            if self._progress_task is not None:
+                await asyncio.gather(self._progress_task, return_exceptions=True)
+        finally:
+            self._step_over = False
+            self._progress_final.clear()
+        pending, self._progress_pending = self._progress_pending, None
+        return pending
 
     async def _progress_commit(self, apply: Callable[[CloneJob], CloneJob]) -> None:
         try:
@@ -409,6 +434,12 @@ class Runner:
 
         final = await self._change(end)
         log.info("job %s ended %s", job.name, final.state.name)
+
+
+def _unless_stopped(fn: Callable[[CloneJob], CloneJob], job: CloneJob) -> CloneJob:
+    if job.state is State.CANCELLING or job.state.terminal:
+        return job
+    return fn(job)
 
 
 def _start_step(kind: StepKind, clock: Callable[[], Any], job: CloneJob) -> CloneJob:

@@ -91,6 +91,8 @@ class JobStore(Protocol):
     # True when this server is the store's only writer (SQLite's lock file): what it
     # cached of a job stays right without asking the store again.
     exclusive: bool
+    # True when writes handed over together may share one transaction (and fsync).
+    commits_together: bool
 
     async def open(self) -> None: ...
 

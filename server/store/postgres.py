@@ -261,6 +261,7 @@ class PostgresJobStore:
 
     # Other replicas write too.
     exclusive = False
+    commits_together = False  # each write is its own transaction, on a connection of the pool
 
     def describe(self) -> str:
         return f"postgresql://{self._where}"

@@ -91,7 +91,9 @@ class SqliteJobStore:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        # (change, whether it must be durable, its caller's future)
+        self._pending: list[tuple[_Op, bool, asyncio.Future[Any]]] = []
+        self._synced = True  # the writer connection's synchronous setting is FULL
         self._flusher: asyncio.Future[None] | None = None
 
     # -- lifecycle --
@@ -127,6 +129,7 @@ class SqliteJobStore:
             if mode != "wal":
                 raise StoreError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
+            self._synced = True
             self._migrate(conn)
             problems = conn.execute("PRAGMA quick_check").fetchall()
             if problems != [("ok",)]:
@@ -210,6 +213,8 @@ class SqliteJobStore:
 
     # The lock file keeps every other server off this database.
     exclusive = True
+    # Group commit: writes queued while one transaction runs go in the next.
+    commits_together = True
 
     def describe(self) -> str:
         return str(self.path)
@@ -230,9 +235,13 @@ class SqliteJobStore:
     ) -> None:
         await self._write(functools.partial(self._replace, job, expected_revision, epoch))
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """`op` committed in the next transaction. A transaction of only changes that
+        need not be `durable` (leases, which last the process and are cleared at
+        open) is committed without an fsync: a later durable commit syncs the log
+        up to and including it."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
+        self._pending.append((op, durable, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return cast(T, await future)
@@ -241,12 +250,15 @@ class SqliteJobStore:
         while self._pending:
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
-            ops = [op for op, _ in batch]
+            ops = [op for op, _, _ in batch]
+            durable = any(d for _, d, _ in batch)
             outcomes: list[tuple[Any, BaseException | None]]
             try:
-                outcomes = await self._run(self._writer, functools.partial(self._commit, ops))
+                outcomes = await self._run(
+                    self._writer, functools.partial(self._commit, ops, durable=durable)
+                )
             except asyncio.CancelledError:
-                for _, future in batch:  # the commit may or may not have happened
+                for _, _, future in batch:  # the commit may or may not have happened
                     future.cancel()
                 raise
             except Exception as error:  # the COMMIT itself failed: nothing was written
@@ -259,8 +271,13 @@ class SqliteJobStore:
                 else:
                     future.set_exception(failure)
 
-    def _commit(self, ops: list[_Op]) -> list[tuple[Any, BaseException | None]]:
+    def _commit(
+        self, ops: list[_Op], *, durable: bool = True
+    ) -> list[tuple[Any, BaseException | None]]:
         conn = self._w()
+        if durable is not self._synced:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
+            self._synced = durable
         outcomes: list[tuple[Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -343,7 +360,9 @@ class SqliteJobStore:
     async def claim(
         self, owner: str, *, limit: int, ttl: float, cancelling: bool = False
     ) -> ClaimResult:
-        return await self._write(functools.partial(self._claim, owner, limit, ttl, cancelling))
+        return await self._write(
+            functools.partial(self._claim, owner, limit, ttl, cancelling), durable=False
+        )
 
     def _claim(
         self, owner: str, limit: int, ttl: float, cancelling: bool, conn: sqlite3.Connection
@@ -375,7 +394,7 @@ class SqliteJobStore:
             )
             return cursor.rowcount == 1
 
-        return await self._write(renew)
+        return await self._write(renew, durable=False)
 
     async def release(self, name: str, epoch: int) -> None:
         def release(conn: sqlite3.Connection) -> None:
@@ -385,7 +404,7 @@ class SqliteJobStore:
                 (name, epoch),
             )
 
-        await self._write(release)
+        await self._write(release, durable=False)
 
     async def holds(self, name: str, epoch: int) -> bool:
         return await self._run(self._reader, lambda: _live(self._r(), name, epoch, time.time()))
