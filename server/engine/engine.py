@@ -174,17 +174,47 @@ class Engine:
         operation: bool,
         validate_only: bool = False,
     ) -> tuple[CloneJob, Operation | None]:
-        """The job, and its create operation when this call made both."""
-        if request_id:
-            existing = await self.store.get_by_request_id(request_id)
-            if existing is not None:
-                return self._same_request(request_id, request_hash, existing), None
-        existing = await self.store.get(str(name))
-        if existing is not None:
-            if request_id and existing.request_id == request_id:
-                # The same request, committed by another replica since the lookup above.
-                return self._same_request(request_id, request_hash, existing), None
-            raise JobExistsError(self.changes.remember(existing))
+        """The job, and its create operation when this call made both.
+
+        A retry (the same request id) and a taken name are told by the insert: the
+        store's unique name and request id guard it, so no lookup comes first. They
+        answer before any check failure, as ever: when a check fails, the earlier
+        job is looked for then; and `validate_only`, which inserts nothing, looks
+        first."""
+        if validate_only:
+            earlier = await self._earlier(name, request_id, request_hash)
+            if earlier is not None:
+                return earlier, None
+        try:
+            job = await self._checked(name, target, request_id, request_hash)
+        except Exception:
+            if not validate_only:
+                earlier = await self._earlier(name, request_id, request_hash)
+                if earlier is not None:
+                    return earlier, None
+            raise
+        if validate_only:
+            return job, None
+        made = (
+            Operation.new(target=job.name, verb=Verb.CREATE, now=job.create_time, job=job)
+            if operation
+            else None
+        )
+        try:
+            # Logged once, as the commit's "none -> PENDING" line (JobChanges).
+            await self.changes.create(job, operation=made)
+        except DuplicateJobError as dup:  # the name or the request id is taken
+            if request_id and dup.existing.request_id == request_id:
+                return self._same_request(request_id, request_hash, dup.existing), None
+            raise JobExistsError(self.changes.remember(dup.existing)) from None
+        return job, made
+
+    async def _checked(
+        self, name: CloneJobName, target: TargetSpec, request_id: str, request_hash: str
+    ) -> CloneJob:
+        """The new job on the migrating VM's latest cycle, past the checks that would
+        otherwise fail hours into the copy: the instance name taken, no room for the
+        data (the steps check again later)."""
         cycle = await self.target.latest_cycle(name.parent)
         job = CloneJob.new(
             name=str(name),
@@ -194,24 +224,26 @@ class Engine:
             request_id=request_id,
             request_hash=request_hash,
         )
-        # What would fail hours into the copy fails the Create itself: the instance
-        # name taken, no room for the data (the steps check again later).
         await self.target.preflight(job)
-        if validate_only:
-            return job, None
-        made = (
-            Operation.new(target=job.name, verb=Verb.CREATE, now=job.create_time, job=job)
-            if operation
-            else None
-        )
-        try:
-            await self.changes.create(job, operation=made)
-        except DuplicateJobError as dup:  # a concurrent create won the race
-            if request_id and dup.existing.request_id == request_id:
-                return self._same_request(request_id, request_hash, dup.existing), None
-            raise JobExistsError(dup.existing) from None
-        log.info("created %s (cycle %s)", job.name, cycle)
-        return job, made
+        return job
+
+    async def _earlier(
+        self, name: CloneJobName, request_id: str, request_hash: str
+    ) -> CloneJob | None:
+        """The job this call is a retry of (RequestIdReusedError when its id was used
+        for another request); JobExistsError when the name is another job's; None
+        when neither."""
+        if request_id:
+            existing = await self.store.get_by_request_id(request_id)
+            if existing is not None:
+                return self._same_request(request_id, request_hash, existing)
+        existing = await self.store.get(str(name))
+        if existing is None:
+            return None
+        if request_id and existing.request_id == request_id:
+            # The same request, committed by another replica since the lookup above.
+            return self._same_request(request_id, request_hash, existing)
+        raise JobExistsError(self.changes.remember(existing))
 
     async def _operation_of_created(self, job: CloneJob) -> Operation:
         """The create operation of an existing job: the one stored, or a new one

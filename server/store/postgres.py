@@ -348,9 +348,11 @@ class PostgresJobStore:
             if cursor.rowcount == 1:
                 return
             # ON CONFLICT waited for any rival insert to commit: this statement sees it.
+            # The job with this request id first: a retry is told before a taken name.
             cursor = await conn.execute(
-                "SELECT record FROM clone_jobs WHERE name = %s OR request_id = %s LIMIT 1",
-                (job.name, job.request_id or None),
+                "SELECT record FROM clone_jobs WHERE name = %s OR request_id = %s"
+                " ORDER BY (request_id = %s) DESC NULLS LAST LIMIT 1",
+                (job.name, job.request_id or None, job.request_id or None),
             )
             row = await cursor.fetchone()
         if row is None:

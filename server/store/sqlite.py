@@ -263,7 +263,7 @@ class SqliteJobStore:
                 raise
             except Exception as error:  # the COMMIT itself failed: nothing was written
                 outcomes = [(None, error)] * len(batch)
-            for (_, future), (value, failure) in zip(batch, outcomes, strict=True):
+            for (_, _, future), (value, failure) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if failure is None:
@@ -314,9 +314,11 @@ class SqliteJobStore:
                 records.insert_values(job, record),
             )
         except sqlite3.IntegrityError:
+            # The job with this request id first: a retry is told before a taken name.
             row = conn.execute(
-                "SELECT record FROM clone_jobs WHERE name = ? OR request_id = ?",
-                (job.name, job.request_id or None),
+                "SELECT record FROM clone_jobs WHERE name = ? OR request_id = ?"
+                " ORDER BY request_id IS ? DESC LIMIT 1",
+                (job.name, job.request_id or None, job.request_id or None),
             ).fetchone()
             if row is None:
                 raise

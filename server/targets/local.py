@@ -25,12 +25,13 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import glob
 import hashlib
 import json
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,40 @@ _LICENSES = {
     "COMPUTE_ENGINE_LICENSE_TYPE_PAYG": "PAYG",
     "COMPUTE_ENGINE_LICENSE_TYPE_BYOL": "BYOL",
 }
+# What the snapshot store answered is cached, and trusted while every file and
+# folder it was read from has the stat it had then. A folder's mtime may not move
+# when it changes twice within one clock tick, so, as git does with "racy" index
+# entries, an answer read from something changed less than this long before is
+# not kept: it is read again until it has settled.
+RACY_NS = 1_000_000_000
+CACHE_ENTRIES = 4096
+
+# (inode, size, mtime, ctime) of a path, or None when it is not there.
+_Stamp = tuple[int, int, int, int] | None
+
+
+def _stamp(path: str | Path) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _settled(stamps: list[tuple[str, _Stamp]], read_at_ns: int) -> bool:
+    """Whether everything stamped was last changed well before `read_at_ns`."""
+    limit = read_at_ns - RACY_NS
+    return all(s is None or (s[2] < limit and s[3] < limit) for _, s in stamps)
+
+
+def _still(stamps: tuple[tuple[str, _Stamp], ...]) -> bool:
+    return all(_stamp(path) == stamp for path, stamp in stamps)
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_ENTRIES:  # bounded; a rare refill is cheap
+        cache.clear()
+    cache[key] = value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +116,16 @@ class LocalTarget:
         self.faults = faults or FaultPlan()
         self.snapshots = data_dir / "snapshots"
         self.targets = data_dir / "targets"
+        # Caches of the snapshot store (see RACY_NS), shared by the event loop and
+        # worker threads: each entry is one dict item, replaced whole.
+        # VM name -> (latest completed cycle, the stamps it was read from)
+        self._latest: dict[str, tuple[str, tuple[tuple[str, _Stamp], ...]]] = {}
+        # (VM name, cycle) -> (manifest path, its stamp, manifest, disks)
+        self._cycles: dict[
+            tuple[str, str], tuple[str, _Stamp, dict[str, Any], tuple[SnapshotDisk, ...]]
+        ] = {}
+        # source disk path -> (stamp, data bytes)
+        self._data: dict[str, tuple[_Stamp, int]] = {}
 
     # -- paths --
 
@@ -113,15 +158,33 @@ class LocalTarget:
     # -- snapshots --
 
     async def latest_cycle(self, migrating_vm: MigratingVmName) -> str:
+        # A cache hit costs a stat or two, answered here: cheaper than a thread hop.
+        cached = self._latest.get(str(migrating_vm))
+        if cached is not None and _still(cached[1]):
+            return cached[0]
         return await asyncio.to_thread(self._latest_cycle, migrating_vm)
 
     def _latest_cycle(self, vm: MigratingVmName) -> str:
+        read_at = time.time_ns()
         if not self.vm_dir(vm).is_dir():
             raise MigratingVmNotFoundError(str(vm))
-        found = self._latest_completed(vm, self._cycle_numbers(vm))
+        # Stamped before they are read: a change made meanwhile fails the next check.
+        cycles = str(self._inside(self.vm_dir(vm), "cycles"))
+        stamps: list[tuple[str, _Stamp]] = [(cycles, _stamp(cycles))]
+        found = self._latest_completed(vm, self._cycle_numbers(vm), stamps)
         if found is None:
             raise NoCompletedCycleError(str(vm))
-        return str(found[0])
+        number, _ = found
+        try:
+            # The disks' data, for the Create's preflight that comes next.
+            for disk in self._read_cycle(vm, str(number))[1]:
+                with contextlib.suppress(OSError):
+                    self._data_bytes(disk.path)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if _settled(stamps, read_at):
+            _keep(self._latest, str(vm), (str(number), tuple(stamps)))
+        return str(number)
 
     def _cycle_numbers(self, vm: MigratingVmName) -> list[int]:
         """The numbers of the VM's cycle folders, completed or not, lowest first."""
@@ -132,11 +195,20 @@ class LocalTarget:
             return []
 
     def _latest_completed(
-        self, vm: MigratingVmName, numbers: list[int]
+        self,
+        vm: MigratingVmName,
+        numbers: list[int],
+        stamps: list[tuple[str, _Stamp]] | None = None,
     ) -> tuple[int, dict[str, Any]] | None:
         """The highest of `numbers` whose cycle is completed and readable, with its
-        manifest; None when there is none."""
+        manifest; None when there is none. With `stamps`, each cycle looked at is
+        stamped (its folder and its manifest) before it is read."""
         for number in reversed(numbers):
+            folder = self.cycle_dir(vm, str(number))
+            if stamps is not None:
+                stamps.append((str(folder), _stamp(folder)))
+                manifest_path = str(folder / MANIFEST)
+                stamps.append((manifest_path, _stamp(manifest_path)))
             try:
                 manifest, _ = self._read_cycle(vm, str(number))
             except (OSError, ValueError, KeyError, TypeError):
@@ -206,9 +278,16 @@ class LocalTarget:
     def _read_cycle(
         self, vm: MigratingVmName, cycle: str
     ) -> tuple[dict[str, Any], list[SnapshotDisk]]:
-        """A completed cycle's manifest and its disks, read once."""
+        """A completed cycle's manifest and its disks, parsed once while the manifest
+        file keeps its stat (a completed manifest never changes; a removed one is seen)."""
+        found = self._cached_cycle(str(vm), cycle)
+        if found is not None:
+            return found
+        read_at = time.time_ns()
         folder = self.cycle_dir(vm, cycle)
-        manifest = json.loads((folder / MANIFEST).read_text())
+        path = folder / MANIFEST
+        stamp = _stamp(path)
+        manifest = json.loads(path.read_text())
         if manifest.get("state") != COMPLETED:
             raise ValueError(f"cycle {cycle} is {manifest.get('state')!r}, not {COMPLETED}")
         disks = [
@@ -222,7 +301,34 @@ class LocalTarget:
         ]
         if not disks:
             raise ValueError(f"cycle {cycle} has no disks")
-        return manifest, sorted(disks, key=lambda d: d.source_disk_number)
+        disks.sort(key=lambda d: d.source_disk_number)
+        if _settled([(str(path), stamp)], read_at):
+            _keep(self._cycles, (str(vm), cycle), (str(path), stamp, manifest, tuple(disks)))
+        return manifest, disks
+
+    def _cached_cycle(
+        self, vm: str, cycle: str
+    ) -> tuple[dict[str, Any], list[SnapshotDisk]] | None:
+        """The cached manifest and disks of a cycle while its manifest file is unchanged."""
+        entry = self._cycles.get((vm, cycle))
+        if entry is None:
+            return None
+        path, stamp, manifest, disks = entry
+        if stamp is None or _stamp(path) != stamp:
+            return None
+        return manifest, list(disks)
+
+    def _data_bytes(self, path: Path) -> int:
+        """`disk_image.data_bytes`, cached while the file keeps its inode, size and times."""
+        read_at = time.time_ns()
+        stamp = _stamp(path)
+        entry = self._data.get(str(path))
+        if entry is not None and stamp is not None and entry[0] == stamp:
+            return entry[1]
+        value = disk_image.data_bytes(path)
+        if stamp is not None and _settled([(str(path), stamp)], read_at):
+            _keep(self._data, str(path), (stamp, value))
+        return value
 
     def _job_disks(self, job: CloneJob) -> list[SnapshotDisk]:
         vm = CloneJobName.parse(job.name).parent
@@ -241,7 +347,44 @@ class LocalTarget:
     # -- checks before the long copy --
 
     async def preflight(self, job: CloneJob) -> None:
+        # When every answer is cached, the checks left are a few stats: made here,
+        # without a thread hop. Anything else is decided by the full check.
+        if self._preflight_cached(job):
+            return
         await asyncio.to_thread(self._preflight, job)
+
+    def _preflight_cached(self, job: CloneJob) -> bool:
+        """True when the job passes every preflight check on cached answers and a
+        few stats; False when `_preflight` must decide (it may still pass)."""
+        # A stored or checked job's name is canonical: its parent is the text before.
+        vm = job.name.rpartition("/cloneJobs/")[0]
+        found = self._cached_cycle(vm, job.source_cycle)
+        if found is None:
+            return False
+        if job.target.kind is TargetKind.VM:
+            manifest_path, xml_path = self.instance_paths(job)
+            if _stamp(manifest_path) is not None or _stamp(xml_path) is not None:
+                return False  # whose it is needs a read
+        needed = 0
+        for disk in found[1]:
+            entry = self._data.get(str(disk.path))
+            if entry is None or entry[0] is None or _stamp(disk.path) != entry[0]:
+                return False
+            needed += entry[1]
+        return needed <= self._available(job)
+
+    def _available(self, job: CloneJob) -> int:
+        """Bytes free where the job's disks would go (its nearest existing folder)."""
+        # On strings, with access(): the zone often does not exist yet, and a
+        # missing path costs no exception this way.
+        folder, top = str(self.zone_dir(job)), str(self.data_dir)
+        while folder != top and not os.access(folder, os.F_OK):
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        stats = os.statvfs(folder)
+        return stats.f_bavail * stats.f_frsize
 
     def _preflight(self, job: CloneJob) -> None:
         vm = CloneJobName.parse(job.name).parent
@@ -266,12 +409,8 @@ class LocalTarget:
         needed = 0
         for disk in disks:
             with contextlib.suppress(OSError):  # a lost disk fails its step, with its reason
-                needed += disk_image.data_bytes(disk.path)
-        folder = self.zone_dir(job)
-        while not folder.exists() and folder != self.data_dir and folder.parent != folder:
-            folder = folder.parent
-        stats = os.statvfs(folder)
-        available = stats.f_bavail * stats.f_frsize
+                needed += self._data_bytes(disk.path)
+        available = self._available(job)
         if needed > available:
             raise TargetStorageFullError(needed=needed, available=available)
 
@@ -288,7 +427,7 @@ class LocalTarget:
         disks = self._job_disks(job)
         # What every disk holds is found first, so that percent counts the data of
         # all disks from the first report on, and a lost disk fails before any copy.
-        report = _CopyReport(progress, [_source_row(job, disk) for disk in disks])
+        report = _CopyReport(progress, [_source_row(job, disk, self._data_bytes) for disk in disks])
         report.send()
         self.faults.delay(job, StepKind.PREPARING_VM_DISKS, cancelled)
         uris: list[tuple[int, str]] = []
@@ -546,10 +685,12 @@ def _disk_lost(disk: SnapshotDisk, reason: str, message: str) -> StepFailedError
     )
 
 
-def _source_row(job: CloneJob, disk: SnapshotDisk) -> DiskProgress:
+def _source_row(
+    job: CloneJob, disk: SnapshotDisk, data_bytes: Callable[[Path], int]
+) -> DiskProgress:
     """The disk's row before its copy: the data it holds, and its virtual size."""
     try:
-        data = disk_image.data_bytes(disk.path)
+        data = data_bytes(disk.path)
     except OSError as error:
         raise _disk_lost(
             disk,
@@ -619,10 +760,16 @@ def _remove_older_epoch_files(folder: Path, prefix: str, epoch: int) -> None:
     """Delete `{prefix}{n}.tmp` for every n < `epoch`: what runners of earlier leases
     (killed, or woken too late) left. A paused runner still writing to one writes to
     an unlinked file, and its fenced check fails before it could rename it."""
-    for path in folder.glob(f"{glob.escape(prefix)}*.tmp"):
-        number = path.name[len(prefix) : -len(".tmp")]
-        if number.isdigit() and int(number) < epoch:
-            path.unlink(missing_ok=True)
+    if epoch <= 1:
+        return  # the first lease: no earlier runner left anything
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                number = name[len(prefix) : -len(".tmp")]
+                if number.isdigit() and int(number) < epoch:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
 
 def _mtime(path: Path) -> datetime:

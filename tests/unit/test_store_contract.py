@@ -326,6 +326,20 @@ class TestJobStoreContract:
         assert await store.get(second.name) is None
         assert await store.get_by_request_id(request_id) == first
 
+    async def test_store_duplicate_of_both_raises_with_the_request_ids_job(
+        self, store: JobStore
+    ) -> None:
+        # The engine tells a retry from a taken name by the job the insert reports.
+        request_id = "33333333-3333-4333-8333-333333333333"
+        retried = make_job("first", request_id=request_id)
+        taken = make_job("second")
+        await store.create(retried)
+        await store.create(taken)
+        both = make_job("second", request_id=request_id, created=at(1))
+        with pytest.raises(DuplicateJobError) as caught:
+            await store.create(both)
+        assert caught.value.existing == retried
+
     async def test_store_update_with_expected_revision_keeps_old(self, store: JobStore) -> None:
         job = make_job("u")
         await store.create(job)
