@@ -1,10 +1,12 @@
-"""GetCloneJob calls/s and latency, 64 in flight over one channel, against the bare server."""
+"""GetCloneJob calls/s and latency, 64 in flight over one channel, against the bare
+server: on SQLite, then on a temporary PostgreSQL database ($CLONEJOB_BENCH_POSTGRES)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from bench import fixtures, loadgen, processes
+from bench import fixtures, loadgen, postgres, processes
 from bench.figures import Figure, Run, cost_figures
 from bench.processes import sample_vm
 from bench.profiles import profiled
@@ -27,8 +29,9 @@ def _spec(run: Run, server: ServerProcess, request: bytes) -> dict[str, Any]:
     }
 
 
-def run(run: Run) -> list[Figure]:
-    work = run.tmpdir("get")
+def _rounds(run: Run, work: Path, label: str, store: str | None) -> dict[str, Any]:
+    """Get on the real server (with `store`, else SQLite) and on the bare one, in
+    alternating rounds; every round's result and the job's size."""
     data = work / "data"
     sample_vm(data, fixtures.PARENT)
     name = fixtures.job_name("get-1")
@@ -36,7 +39,7 @@ def run(run: Run) -> list[Figure]:
     rounds = run.scale(2, 1)
     real_results: list[dict[str, Any]] = []
     bare_results: list[dict[str, Any]] = []
-    with processes.real(data, workdir=work, cpus=run.server_cpus) as real:
+    with processes.real(data, workdir=work, cpus=run.server_cpus, store=store) as real:
         fixtures.create(real.address, "get-1")
         job = fixtures.wait_state(real.address, name, {fixtures.State.SUCCEEDED})
         job = fixtures.get(real.address, name)
@@ -49,25 +52,27 @@ def run(run: Run) -> list[Figure]:
                     spec = _spec(run, server, request)
                     side = "real" if server is real else "bare"
                     seconds = spec["warmup"] + spec["duration"]
-                    with profiled(run, f"get-{side}-{n}", server.pid, seconds):
+                    with profiled(run, f"{label}-{side}-{n}", server.pid, seconds):
                         results.append(
                             loadgen.run(
                                 spec, cpus=run.load_cpus, log=work / "loadgen.log", timeout=60
                             )
                         )
-    real_best = max(real_results, key=lambda r: r["calls_per_s"])
-    bare_best = max(bare_results, key=lambda r: r["calls_per_s"])
-    run.details["get"] = {
-        "job_bytes": len(job),
-        "real": real_results,
-        "bare": bare_results,
-        "rounds": rounds,
-    }
-    note = f"{IN_FLIGHT} in flight, 1 channel, {len(job)} B reply; best of {rounds}"
+    return {"job_bytes": len(job), "real": real_results, "bare": bare_results, "rounds": rounds}
+
+
+def _figures(measured: dict[str, Any], *, store: str) -> list[Figure]:
+    real_best = max(measured["real"], key=lambda r: r["calls_per_s"])
+    bare_best = max(measured["bare"], key=lambda r: r["calls_per_s"])
+    on = "" if store == "SQLite" else f" ({store})"
+    note = (
+        f"{store} store; {IN_FLIGHT} in flight, 1 channel, {measured['job_bytes']} B reply;"
+        f" best of {measured['rounds']} alternating rounds"
+    )
     return [
         Figure(
             benchmark="get",
-            name="GetCloneJob calls/s",
+            name=f"GetCloneJob calls/s{on}",
             measured=real_best["calls_per_s"],
             baseline=bare_best["calls_per_s"],
             unit="calls/s",
@@ -78,10 +83,35 @@ def run(run: Run) -> list[Figure]:
             "get",
             real_best,
             bare_best,
-            rpc="GetCloneJob",
-            call="Get",
+            rpc=f"GetCloneJob{on}",
+            call=f"Get{on}",
             p99=True,
             latency_note="same rounds as calls/s",
             cpu_note="server process CPU time / calls, in the measured window",
         ),
     ]
+
+
+def run(run: Run) -> list[Figure]:
+    sqlite = _rounds(run, run.tmpdir("get"), "get", None)
+    run.details["get"] = sqlite
+    figures = _figures(sqlite, store="SQLite")
+    try:
+        with postgres.temporary_database() as url:
+            pg = _rounds(run, run.tmpdir("get-pg"), "get-pg", url)
+    except postgres.PostgresUnreachableError as error:
+        run.details["get_postgres"] = {"error": str(error)}
+        return [
+            *figures,
+            Figure(
+                benchmark="get",
+                name="GetCloneJob calls/s (PostgreSQL)",
+                measured=None,
+                baseline=None,
+                unit="calls/s",
+                goal=0.8,
+                note=f"not measured: {error}",
+            ),
+        ]
+    run.details["get_postgres"] = pg
+    return [*figures, *_figures(pg, store="PostgreSQL")]

@@ -13,8 +13,9 @@ echo of a Get-sized reply, 64 in flight).
 
 Beside it, from a second pass of the same backlog with `strace -f -c` attached
 to the server: the syscalls per job, the fsyncs (fsync + fdatasync) per job, and
-the commits per job (the job revisions stored, each one commit of its own or
-shared with others' by the group commit).
+the revisions the engine wrote per job (each in a commit of its own, or sharing
+one with others: a step's last progress and its end, other jobs' changes by the
+group commit).
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ def _one_kind(run: Run, work: Path, *, vm: bool, jobs: int, traced: bool) -> dic
                 "SELECT count(*) FROM clone_job_revisions WHERE name LIKE ?",
                 (f"%/cloneJobs/{prefix}%",),
             ).fetchone()[0]
-            # The Create's commit is the API's; the rest are the engine's.
-            out["engine_commits_per_job"] = revisions / jobs - 1
+            # The Create's revision is the API's; the rest are the engine's.
+            out["engine_revisions_per_job"] = revisions / jobs - 1
             out["succeeded"] = succeeded
         finally:
             db.close()
@@ -183,11 +184,12 @@ def run(run: Run) -> list[Figure]:
         results[key] = {"untraced": measured, "traced": traced}
         odd = "" if measured["succeeded"] == jobs else f"; ONLY {measured['succeeded']} SUCCEEDED"
         counts = (
-            f"; per job: {measured['engine_commits_per_job']:.1f} engine commits,"
-            f" {traced['fsyncs_per_job']:.1f} fsyncs, {traced['syscalls_per_job']:.0f} syscalls"
+            f"; per job: {measured['engine_revisions_per_job']:.1f} revisions written by the"
+            f" engine, {traced['fsyncs_per_job']:.1f} fsyncs (the database's and the copied"
+            f" files'), {traced['syscalls_per_job']:.0f} syscalls"
             f" ({traced['futex_per_job']:.0f} futex, {traced['writes_per_job']:.0f} writes)"
             if traced
-            else f"; per job: {measured['engine_commits_per_job']:.1f} engine commits"
+            else f"; per job: {measured['engine_revisions_per_job']:.1f} revisions by the engine"
             " (no strace: no syscall counts)"
         )
         figures.append(

@@ -11,6 +11,7 @@ samples, on their own (self) and with what they call
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ PLUMBING = (
     "threading.py", "concurrent/futures/thread.py", "(server/__main__.py", "<module>",
 )  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
+_STDLIB = re.compile(r"^.*/lib/python3\.\d+/")
 
 
 def py_spy() -> str | None:
@@ -117,10 +119,12 @@ def _short(frame: str) -> str:
     """`fn (/long/path/pkg/mod.py:12)` -> `fn (pkg/mod.py:12)`."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in ("/site-packages/", f"{ROOT}/", "/lib/python3"):
+    for marker in ("/site-packages/", f"{ROOT}/"):
         if marker in where:
             where = where.split(marker, 1)[1]
             break
+    else:  # the standard library: /…/lib/python3.11/asyncio/x.py -> asyncio/x.py
+        where = _STDLIB.sub("", where)
     return f"{name} ({where})" if where else name
 
 
