@@ -78,13 +78,20 @@ def _with_jobs(run: Run, data: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def _split(api_us_per_create: float | None, jobs: dict[str, Any]) -> dict[str, Any]:
+def _split(
+    api_us_per_create: float | None, jobs: dict[str, Any], job_us: float | None
+) -> dict[str, Any]:
     """The server's CPU during the load with jobs, split: the API's share is the CPU
     per Create of the API-only run times the creates made; the rest is the engine's
-    (the jobs' steps and commits, and anything else the server did)."""
+    (the jobs' steps and commits, and anything else the server did). With `job_us`,
+    job_cost's CPU per disks-only job of this run, the engine's share is also
+    estimated the other way round: the jobs that reached SUCCEEDED times it."""
     total = jobs["load_server_cpu_s"]
     if not api_us_per_create or not total:
         return {}
+    by_jobs = (
+        min(1.0, job_us * 1e-6 * jobs["load_succeeded"] / total) if job_us is not None else None
+    )
     estimate = api_us_per_create * 1e-6 * jobs["load_created"]
     # On a noisy machine the estimate can exceed the total: then the engine's share is ~0.
     api = min(total, estimate)
@@ -98,6 +105,7 @@ def _split(api_us_per_create: float | None, jobs: dict[str, Any]) -> dict[str, A
         "api_share": api / total,
         "engine_share": engine / total,
         "engine_cpu_us_per_succeeded_job": 1e6 * engine / succeeded if succeeded else None,
+        "engine_share_by_job_cost": by_jobs,
     }
 
 
@@ -125,7 +133,9 @@ def run(run: Run) -> list[Figure]:
     jobs = _with_jobs(run, data, work)
     api_best = max(api_results, key=lambda r: r["calls_per_s"])
     bare_best = max(bare_results, key=lambda r: r["calls_per_s"])
-    split = _split(api_best["server_cpu_us_per_call"], jobs)
+    job_cost = run.details.get("job_cost", {}).get("results", {}).get("disks", {})
+    job_ms = job_cost.get("untraced", {}).get("cpu_ms_per_job")
+    split = _split(api_best["server_cpu_us_per_call"], jobs, job_ms * 1000 if job_ms else None)
     run.details["create"] = {
         "job_bytes": len(job),
         "rounds": rounds,
@@ -158,6 +168,11 @@ def run(run: Run) -> list[Figure]:
             f" rest; {jobs['load_succeeded']} jobs reached SUCCEEDED"
             + (f", {per_job:,.0f} us CPU each)" if per_job else ")")
         )
+        if split["engine_share_by_job_cost"] is not None:
+            jobs_note += (
+                f"; by job_cost's CPU per job x the jobs that SUCCEEDED, engine"
+                f" {100 * split['engine_share_by_job_cost']:.0f}%"
+            )
         if split["api_cpu_estimate_s"] > split["server_cpu_s"]:
             jobs_note += " [the API estimate exceeded the total: noise between the two runs]"
     return [

@@ -10,7 +10,8 @@ from typing import Any
 
 # Every benchmark, in the order `python -m bench` runs them.
 BENCHMARKS = (
-    "get", "create", "watch", "memory", "job_cost", "engine", "disk", "scaling", "cli_startup",
+    # job_cost before create: create's note uses its CPU per job.
+    "get", "job_cost", "create", "watch", "memory", "engine", "disk", "scaling", "cli_startup",
     # Several replicas on one PostgreSQL ($CLONEJOB_BENCH_POSTGRES, see bench/postgres.py).
     "pg_store", "replica_watch", "takeover", "throughput",
 )  # fmt: skip

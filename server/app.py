@@ -23,6 +23,7 @@ from server.api.vmmigration import VmMigrationService
 from server.config import Config
 from server.domain.job import State
 from server.engine import Engine, Hub
+from server.observability.logs import flush_logs
 from server.observability.metrics import Metrics, parse_listen
 from server.observability.rpc_observer import RpcObserver
 from server.security import (
@@ -255,6 +256,7 @@ class App:
             resumed,
             self.metrics.url or "off",
         )
+        flush_logs()  # the start line is in the log before the port file says "ready"
         if config.port_file is not None:
             tmp = config.port_file.with_name(config.port_file.name + ".tmp")
             tmp.write_text(f"{self.port}\n")

@@ -85,6 +85,8 @@ class _Enqueue(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self._sink.put_record(record)
+        if record.levelno >= logging.WARNING:
+            self._sink.wake()  # trouble is told at once, not in the next batch
 
 
 class _RpcLineSink:
@@ -105,7 +107,8 @@ class _RpcLineSink:
             self._kind = "text"
         self._second = -1
         self._stamp = ""
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | threading.Event | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rpc-log", daemon=True)
         self._thread.start()
         atexit.register(self.stop)
@@ -116,6 +119,19 @@ class _RpcLineSink:
     def put_record(self, record: logging.LogRecord) -> None:
         self._queue.put(record)
 
+    def wake(self) -> None:
+        """Write what is queued now rather than at the next interval."""
+        self._wake.set()
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Return once every line queued before this call is written (or `timeout`)."""
+        if not self._thread.is_alive():
+            return
+        written = threading.Event()
+        self._queue.put(written)
+        self._wake.set()
+        written.wait(timeout)
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
@@ -124,9 +140,11 @@ class _RpcLineSink:
     def _run(self) -> None:
         while True:
             # Woken by time, not by each line: a line queued costs the event loop no
-            # thread hand-off. A line waits at most FLUSH_INTERVAL to be written.
-            time.sleep(FLUSH_INTERVAL)
-            batch: list[_Item | None] = []
+            # thread hand-off. A line waits at most FLUSH_INTERVAL to be written (a
+            # warning, or a flush, wakes the thread at once).
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            batch: list[_Item | threading.Event | None] = []
             while len(batch) < 4096:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -135,10 +153,16 @@ class _RpcLineSink:
             if not batch:
                 continue
             lines: list[str] = []
+            flushed: list[threading.Event] = []
             for item in batch:
                 if item is None:
                     self._write(lines)
+                    for event in flushed:
+                        event.set()
                     return
+                if isinstance(item, threading.Event):
+                    flushed.append(item)
+                    continue
                 if isinstance(item, logging.LogRecord):
                     if item.levelno >= self._handler.level:
                         try:
@@ -171,6 +195,8 @@ class _RpcLineSink:
                 except Exception:  # a line that cannot be formatted is dropped, not fatal
                     continue
             self._write(lines)
+            for event in flushed:
+                event.set()
 
     def _record_line(self, record: logging.LogRecord) -> str:
         """A record's line: made directly like an RPC's, unless it carries a traceback."""
@@ -242,6 +268,13 @@ _Item = tuple[float, str, tuple[Any, ...], dict[str, Any]] | logging.LogRecord
 FLUSH_INTERVAL = 0.05
 _rpc_sink: _RpcLineSink | None = None
 _rpc_log = logging.getLogger(RPC_LOGGER)
+
+
+def flush_logs() -> None:
+    """Write every line logged so far before returning (a start line that tools
+    read as soon as the port file appears, say)."""
+    if _rpc_sink is not None:
+        _rpc_sink.flush()
 
 
 def log_rpc(msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:

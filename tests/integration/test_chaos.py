@@ -664,7 +664,17 @@ def audit_history(job: StoredJob) -> list[str]:
             if not unchanged and not (ended and old[-1][2] is None):
                 problems.append(f"{where}: a step was rewritten: {old[-1:]} -> {steps[-1:]}")
         elif len(steps) == len(old) + 1:
-            if steps[:-1] != old or (old and old[-1][2] is None) or steps[-1][2] is not None:
+            # The step before had ended, or ends in this same revision (a step's end
+            # commits the next one's start).
+            after_end = steps[:-1] == old and not (old and old[-1][2] is None)
+            with_end = (
+                bool(old)
+                and old[-1][2] is None
+                and steps[:-2] == old[:-1]
+                and steps[-2][:2] == old[-1][:2]
+                and steps[-2][2] is not None
+            )
+            if not (after_end or with_end) or steps[-1][2] is not None:
                 problems.append(f"{where}: a step began while another ran, or began ended")
         else:
             problems.append(f"{where}: steps went from {len(old)} to {len(steps)}")

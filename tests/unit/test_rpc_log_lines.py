@@ -91,3 +91,25 @@ def test_a_log_line_with_a_traceback_is_formatted_whole(sink: logs._RpcLineSink)
     line = sink._record_line(record)
     assert line == sink._handler.format(record)
     assert "ValueError: boom" in line
+
+
+def test_flush_writes_every_line_logged_before_it() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    logs.configure_logging("INFO", "text", stream)
+    try:
+        logging.getLogger("clonejob.server").info("listening on %s", "127.0.0.1:1")
+        logs.log_rpc("%s ok", ("Get",), {})
+        logs.flush_logs()
+        lines = stream.getvalue().splitlines()
+        assert [line.split(" ", 2)[2] for line in lines] == [
+            "INFO clonejob.server: listening on 127.0.0.1:1",
+            "INFO clonejob.rpc: Get ok",
+        ]
+    finally:
+        assert logs._rpc_sink is not None
+        logs._rpc_sink.stop()
+        logs._rpc_sink = None
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
