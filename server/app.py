@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -59,6 +60,24 @@ SERVER_OPTIONS = [
     # the kernel splits calls between two servers with two databases.
     ("grpc.so_reuseport", 0),
 ]
+
+
+# The cyclic garbage collector's first generation runs every GC_YOUNG net
+# allocations (Python's default is 700). A call allocates hundreds of objects that
+# are freed by reference counting (protobuf messages, dicts, futures), so at the
+# default the collector ran every few calls, scanning the young objects of all of
+# them: a measurable share of a Create's CPU. Cycles are still collected.
+GC_YOUNG = 20_000
+
+
+def _tune_gc() -> None:
+    """Once serving: what is loaded by now (modules, descriptors, handlers) lives as
+    long as the process, so it is moved out of the collector's sight (gc.freeze),
+    and the young generation is collected less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, middle, old)
 
 
 class ListenError(OSError):
@@ -257,6 +276,7 @@ class App:
             self.metrics.url or "off",
         )
         flush_logs()  # the start line is in the log before the port file says "ready"
+        _tune_gc()
         if config.port_file is not None:
             tmp = config.port_file.with_name(config.port_file.name + ".tmp")
             tmp.write_text(f"{self.port}\n")
