@@ -126,6 +126,8 @@ class LocalTarget:
         ] = {}
         # source disk path -> (stamp, data bytes)
         self._data: dict[str, tuple[_Stamp, int]] = {}
+        # checked folders by what names them (see vm_dir)
+        self._paths: dict[Any, Path] = {}
 
     # -- paths --
 
@@ -138,20 +140,43 @@ class LocalTarget:
         # (Not resolved: an operator may link snapshots/ or targets/ to another disk.)
         return root.joinpath(*parts)
 
+    # The folders below are made often (a few times per step) and pathlib is slow:
+    # each is checked and made once per name, then kept.
+
     def vm_dir(self, vm: MigratingVmName) -> Path:
-        return self._inside(self.snapshots, *vm.segments())
+        key = str(vm)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._inside(self.snapshots, *vm.segments())
+            _keep(self._paths, key, path)
+        return path
 
     def cycle_dir(self, vm: MigratingVmName, cycle: str) -> Path:
         return self._inside(self.vm_dir(vm), "cycles", cycle)
 
     def zone_dir(self, job: CloneJob) -> Path:
-        return self._inside(self.targets, "projects", job.target.project, "zones", job.target.zone)
+        key = ("zone", job.target.project, job.target.zone)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._inside(
+                self.targets, "projects", job.target.project, "zones", job.target.zone
+            )
+            _keep(self._paths, key, path)
+        return path
+
+    def _zone_folder(self, job: CloneJob, name: str) -> Path:
+        key = (name, job.target.project, job.target.zone)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._inside(self.zone_dir(job), name)
+            _keep(self._paths, key, path)
+        return path
 
     def disk_path(self, job: CloneJob, number: int) -> Path:
-        return self._inside(self.zone_dir(job), "disks", f"{_disk_stem(job, number)}.img")
+        return self._inside(self._zone_folder(job, "disks"), f"{_disk_stem(job, number)}.img")
 
     def instance_paths(self, job: CloneJob) -> tuple[Path, Path]:
-        folder = self._inside(self.zone_dir(job), "instances")
+        folder = self._zone_folder(job, "instances")
         name = job.target.vm_name
         return self._inside(folder, f"{name}.json"), self._inside(folder, f"{name}.xml")
 
@@ -733,7 +758,12 @@ class _CopyReport:
 
 
 def _uid(job: CloneJob) -> str:
-    return hashlib.sha256(job.name.encode()).hexdigest()[:8]
+    return _name_uid(job.name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_uid(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def _disk_base(job: CloneJob) -> str:
