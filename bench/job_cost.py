@@ -21,6 +21,7 @@ group commit).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import sqlite3
@@ -62,6 +63,26 @@ def _bare_cpu_per_call(run: Run, work: Path, reply: bytes) -> dict[str, Any]:
             "duration": run.scale(3.0, 1.0),
         }
         return loadgen.run(spec, cpus=run.load_cpus, log=work / "loadgen.log", timeout=60)
+
+
+def fsync_cpu_us(folder: Path, *, size: int = 4096, rounds: int = 200) -> float:
+    """CPU (user + system) of one fsync of a new file of `size` bytes in `folder`, on
+    this machine's filesystem: what durability costs per fsync, at the least."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = os.urandom(size)
+    spent = 0.0
+    for n in range(rounds):
+        path = folder / f"fsync-{n}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, payload)
+            before = time.process_time()
+            os.fsync(fd)
+            spent += time.process_time() - before
+        finally:
+            os.close(fd)
+            path.unlink()
+    return 1e6 * spent / rounds
 
 
 def _wait_done(db: sqlite3.Connection, jobs: int, server: Any) -> int:
@@ -170,8 +191,14 @@ def run(run: Run) -> list[Figure]:
     with processes.real(work / "probe", workdir=work, cpus=run.server_cpus) as probe:
         reply = fixtures.create(probe.address, "probe")
     bare = _bare_cpu_per_call(run, work, reply)
+    with fixtures.pinned(run.server_cpus):
+        fsync_us = fsync_cpu_us(work / "fsync")
+        fsync_disk_us = fsync_cpu_us(work / "fsync", size=1 << 20, rounds=50)
     bare_us = bare["server_cpu_us_per_call"]
-    results: dict[str, Any] = {"bare": bare}
+    results: dict[str, Any] = {
+        "bare": bare,
+        "fsync_cpu_us": {"4KiB": fsync_us, "1MiB": fsync_disk_us},
+    }
     figures: list[Figure] = []
     for vm in (False, True):
         kind = "VM (3 steps)" if vm else "disks only (1 step)"
@@ -186,7 +213,11 @@ def run(run: Run) -> list[Figure]:
         counts = (
             f"; per job: {measured['engine_revisions_per_job']:.1f} revisions written by the"
             f" engine, {traced['fsyncs_per_job']:.1f} fsyncs (the database's and the copied"
-            f" files'), {traced['syscalls_per_job']:.0f} syscalls"
+            f" files'; one costs {fsync_us:.0f} us of CPU here for a new 4 KiB file,"
+            f" {fsync_disk_us:.0f} us for 1 MiB: about"
+            f" {fsync_disk_us + (traced['fsyncs_per_job'] - 1) * fsync_us:,.0f} us for"
+            " the job's, one of them its disk's),"
+            f" {traced['syscalls_per_job']:.0f} syscalls"
             f" ({traced['futex_per_job']:.0f} futex, {traced['writes_per_job']:.0f} writes)"
             if traced
             else f"; per job: {measured['engine_revisions_per_job']:.1f} revisions by the engine"

@@ -333,17 +333,24 @@ class SqliteJobStore:
     def _replace(
         self, job: CloneJob, expected_revision: int, epoch: int | None, conn: sqlite3.Connection
     ) -> None:
-        if epoch is not None and not _live(conn, job.name, epoch, time.time()):
-            raise LeaseLostError(f"{job.name}: epoch {epoch} is not its live lease")
         record = records.dump(job)
         # A finished job needs no worker: its lease goes in the same commit.
         release = ", lease_owner = NULL, lease_expires = NULL" if job.state.terminal else ""
+        args: tuple[Any, ...] = (int(job.state), job.revision, record, job.name, expected_revision)
+        fence = ""
+        now = time.time()
+        if epoch is not None:  # in the same statement: one call into SQLite, not two
+            fence = " AND lease_epoch = ? AND lease_expires > ?"
+            args += (epoch, now)
         cursor = conn.execute(
             f"UPDATE clone_jobs SET state = ?, revision = ?, record = ?{release}"
-            " WHERE name = ? AND revision = ?",
-            (int(job.state), job.revision, record, job.name, expected_revision),
+            f" WHERE name = ? AND revision = ?{fence}",
+            args,
         )
         if cursor.rowcount != 1:
+            # Nothing was written; say why, the lease first.
+            if epoch is not None and not _live(conn, job.name, epoch, now):
+                raise LeaseLostError(f"{job.name}: epoch {epoch} is not its live lease")
             raise ConflictError(f"{job.name} is not at revision {expected_revision}")
         conn.execute(
             "INSERT INTO clone_job_revisions (name, revision, record) VALUES (?, ?, ?)",
