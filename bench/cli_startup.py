@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +46,22 @@ def _env(pycache: Path) -> dict[str, str]:
 
 def _seconds(argv: Sequence[str], env: dict[str, str], cpus: set[int] | None) -> float:
     """Wall time of one run of `argv`, which must succeed."""
-    pin: Callable[[], None] | None = None
-    if cpus:
-
-        def pin() -> None:
-            os.sched_setaffinity(0, cpus)
-
-    started = time.perf_counter()
-    result = subprocess.run(
-        list(argv),
-        env=env,
-        cwd=processes.ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=pin,  # the child has no threads yet: pinning it here is safe
-        check=False,
-        timeout=60,
-    )
-    took = time.perf_counter() - started
+    # The child inherits this process's pinning. Not set in a preexec_fn: that
+    # makes Python fork instead of vfork, and the fork handlers of the grpc this
+    # process has loaded once aborted the child (epoll_wait: bad file descriptor).
+    with fixtures.pinned(cpus):
+        started = time.perf_counter()
+        result = subprocess.run(
+            list(argv),
+            env=env,
+            cwd=processes.ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=60,
+        )
+        took = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr!r}")
     return took
