@@ -245,7 +245,7 @@ class JobChanges:
         """Commit the chain's changes in order, publishing each as it is committed;
         how many were, and the error that stopped the rest."""
         outcomes: list[BaseException | None] = []
-        if self.store.commits_together:
+        if self.store.commits_together and len(chain) > 1:
             # Handed over in one go, they share a transaction; each change is still
             # conditional on the one before it, so a failure fails what follows.
             results = await asyncio.gather(
