@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="sample the real server with py-spy during get and create; stacks go to DIR"
+        help="sample the real server with py-spy while get, job_cost, create, watch and"
+        " pg_store measure, and print each profiled figure's top functions; stacks go to DIR"
         " (the figures then carry the sampler's overhead)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -26,6 +26,7 @@ from typing import Any
 from bench import fixtures, loadgen, postgres, processes
 from bench.figures import Figure, Run, cost_figures
 from bench.processes import sample_vm
+from bench.profiles import profiled
 from client.launcher import ServerProcess
 from clonejob_grpc import clone_job_service_pb2
 
@@ -45,10 +46,14 @@ def _spec(run: Run, server: ServerProcess, **call: Any) -> dict[str, Any]:
     }
 
 
-def _load(run: Run, spec: dict[str, Any], backends: Callable[[], list[int]]) -> dict[str, Any]:
+def _load(
+    run: Run, spec: dict[str, Any], backends: Callable[[], list[int]], label: str
+) -> dict[str, Any]:
     """The load generator's result, plus the database backends' CPU seconds over its run."""
     before = processes.cpu_seconds(backends())
-    result = loadgen.run(spec, cpus=run.load_cpus, log=run.workdir / "loadgen.log", timeout=90)
+    seconds = spec["warmup"] + spec["duration"]
+    with profiled(run, label, spec["server_pid"], seconds):
+        result = loadgen.run(spec, cpus=run.load_cpus, log=run.workdir / "loadgen.log", timeout=90)
     after = processes.cpu_seconds(backends())
     result["postgres_cpu_s"] = sum(t - before.get(pid, 0.0) for pid, t in after.items())
     result["warmup"] = spec["warmup"]
@@ -100,7 +105,7 @@ def _gets(run: Run, template: Path) -> dict[str, list[dict[str, Any]]]:
             for store in STORES if n % 2 == 0 else STORES[::-1]:
                 server, backends = servers[store]
                 spec = _spec(run, server, method="GetCloneJob", request=request.hex())
-                results[store].append(_load(run, spec, backends))
+                results[store].append(_load(run, spec, backends, f"pg-store-get-{store}-{n}"))
     return results
 
 
@@ -118,7 +123,7 @@ def _creates(
                 spec = _spec(
                     run, server, method="CreateCloneJob", parent=fixtures.PARENT, prefix="c-"
                 )
-                results[store].append(_load(run, spec, backends))
+                results[store].append(_load(run, spec, backends, f"pg-store-{label}-{store}-{n}"))
     return results
 
 

@@ -18,13 +18,14 @@ from typing import Any
 from bench import fixtures, loadgen, processes
 from bench.figures import Figure, Run
 from bench.processes import sample_vm
+from bench.profiles import profiled
 from client.launcher import ServerProcess
 
 PER_CHANNEL = 100
 
 
 def _phase(
-    run: Run, server: ServerProcess, names: list[str], streams: int, log: Any
+    run: Run, server: ServerProcess, names: list[str], streams: int, log: Any, label: str
 ) -> dict[str, Any]:
     spec = {
         "mode": "watch",
@@ -39,8 +40,9 @@ def _phase(
     with loadgen.LoadGenerator(spec, cpus=run.load_cpus, log=log) as gen:
         ready = gen.result(180)
         after = processes.rss_bytes(server.pid)
-        gen.go()
-        result = gen.result(180)
+        with profiled(run, label, server.pid, 2.0):  # the fan-out, from the Cancels on
+            gen.go()
+            result = gen.result(180)
     result["ready"] = ready
     result["rss_before"] = before
     result["rss_after"] = after
@@ -60,7 +62,8 @@ def _phases(run: Run, server: ServerProcess, real: bool, sizes: dict[str, int]) 
             fixtures.create(server.address, job_id, vm=True)
             held = fixtures.wait_state(server.address, name, {fixtures.State.ADAPTING_OS})
             out.setdefault("held_job", held)
-        out[label] = _phase(run, server, [name], k, log)
+        side = "real" if real else "bare"
+        out[label] = _phase(run, server, [name], k, log, f"watch-{label}-{side}")
         processes.check_alive(server)
         if real:  # free the one job slot for the next phase
             fixtures.wait_state(server.address, name, {fixtures.State.CANCELLED})
@@ -72,7 +75,10 @@ def _phases(run: Run, server: ServerProcess, real: bool, sizes: dict[str, int]) 
             server.address, fixtures.job_name("fan-blocker"), {fixtures.State.ADAPTING_OS}
         )
         fixtures.create_many(server.address, ids)
-    out["many"] = _phase(run, server, [fixtures.job_name(i) for i in ids], k, log)
+    out["many"] = _phase(
+        run, server, [fixtures.job_name(i) for i in ids], k, log,
+        f"watch-many-{'real' if real else 'bare'}",
+    )  # fmt: skip
     processes.check_alive(server)
     return out
 
