@@ -40,6 +40,9 @@ from server.domain.job import State
 POLL_INTERVAL = 0.05
 RUN_TIMEOUT = 120.0
 GOAL = 8.0  # CPU per job <= 8x the CPU of one bare call
+# A sync call and the path of its descriptor, as `strace -y` prints it.
+# (With -f, a call another thread interrupts is cut: "fsync(5</x-wal> <unfinished ...>".)
+_SYNC = re.compile(r"\b(?:fsync|fdatasync)\(\d+<([^>]*)>")
 _DONE_SQL = f"SELECT count(*) FROM clone_jobs WHERE state = {int(State.SUCCEEDED)}"
 _ENDED_SQL = (
     "SELECT count(*) FROM clone_jobs WHERE state IN"
@@ -100,9 +103,10 @@ def _wait_done(db: sqlite3.Connection, jobs: int, server: Any) -> int:
 
 @contextlib.contextmanager
 def _strace(pid: int, out: Path) -> Any:
-    """`strace -f -c` on every thread of `pid` while the block runs; its summary in `out`."""
+    """`strace -f -C -y` on every thread of `pid` while the block runs: each call, with
+    the paths of its file descriptors, then the summary table, in `out`."""
     proc = subprocess.Popen(
-        ["strace", "-f", "-c", "-q", "-o", str(out), "-p", str(pid)],
+        ["strace", "-f", "-C", "-y", "-q", "-o", str(out), "-p", str(pid)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -116,6 +120,22 @@ def _strace(pid: int, out: Path) -> Any:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _syncs(path: Path) -> tuple[int, int]:
+    """(fsyncs of the database's log, the other fsyncs) in a `strace -y` trace: each
+    sync of the write-ahead log is one durable commit."""
+    log = other = 0
+    if not path.exists():
+        return log, other
+    for line in path.read_text(errors="replace").splitlines():
+        found = _SYNC.search(line)
+        if found is not None:
+            if found.group(1).endswith("-wal"):
+                log += 1
+            else:
+                other += 1
+    return log, other
 
 
 def _syscalls(path: Path) -> dict[str, int]:
@@ -159,6 +179,9 @@ def _one_kind(
                 out["fsyncs_per_job"] = (
                     counts.get("fsync", 0) + counts.get("fdatasync", 0)
                 ) / traced_jobs
+                log_syncs, file_syncs = _syncs(trace)
+                out["durable_commits_per_job"] = log_syncs / traced_jobs
+                out["file_fsyncs_per_job"] = file_syncs / traced_jobs
                 out["futex_per_job"] = counts.get("futex", 0) / traced_jobs
                 out["writes_per_job"] = (
                     counts.get("pwrite64", 0) + counts.get("write", 0)
@@ -230,8 +253,10 @@ def run(run: Run) -> list[Figure]:
         odd = "" if measured["succeeded"] == jobs else f"; ONLY {measured['succeeded']} SUCCEEDED"
         counts = (
             f"; per job: {measured['engine_revisions_per_job']:.1f} revisions written by the"
-            f" engine, {traced['fsyncs_per_job']:.1f} fsyncs (the database's and the copied"
-            f" files'; one costs {fsync_us:.0f} us of CPU here for a new 4 KiB file,"
+            f" engine in {traced['durable_commits_per_job']:.1f} durable commits (syncs of the"
+            f" database's log), {traced['fsyncs_per_job']:.1f} fsyncs in all"
+            f" ({traced['file_fsyncs_per_job']:.1f} of files and folders; one fsync costs"
+            f" {fsync_us:.0f} us of CPU here for a new 4 KiB file,"
             f" {fsync_disk_us:.0f} us for 1 MiB: about"
             f" {fsync_disk_us + (traced['fsyncs_per_job'] - 1) * fsync_us:,.0f} us for"
             " the job's, one of them its disk's),"
