@@ -28,6 +28,8 @@ POLL_INTERVAL = 5.0
 RETRY_INTERVAL = 1.0
 # Past the earliest lease's expiry by this much before claiming it.
 EXPIRY_MARGIN = 0.05
+# CANCELLING jobs claimed at once (whatever the slots: finishing a cancel only deletes).
+CANCEL_CLAIM_LIMIT = 64
 
 
 def replica_id() -> str:
@@ -125,11 +127,14 @@ class Worker:
             self._cancels_due = False
             try:
                 cancelling = await self.store.claim(
-                    self.owner, limit=64, ttl=self.ttl, cancelling=True
+                    self.owner, limit=CANCEL_CLAIM_LIMIT, ttl=self.ttl, cancelling=True
                 )
             except BaseException:
                 self._cancels_due = True
                 raise
+            if len(cancelling.leases) == CANCEL_CLAIM_LIMIT:
+                self._cancels_due = True  # maybe more to claim: at once
+                delay = 0.0
             self._start(cancelling.leases, in_slot=False)
         free = self.free_slots
         if free <= 0:

@@ -42,7 +42,7 @@ from server.domain.job import (
     TargetSpec,
 )
 from server.domain.names import CloneJobName, MigratingVmName
-from server.engine import Engine, Heartbeat, Hub
+from server.engine import Engine, Heartbeat, Hub, worker
 from server.store.base import ClaimResult, StoreError
 from server.store.sqlite import SqliteJobStore
 from server.targets.base import Fence, ProgressFn
@@ -624,6 +624,27 @@ async def test_engine_cancel_pending_job_runs_no_step(
         target.release(first.name, kind)
     assert (await final(engine, first.name)).state is State.SUCCEEDED
     await target.started(third.name, StepKind.PREPARING_VM_DISKS)
+
+
+async def test_engine_takes_up_more_cancellations_than_one_claim_holds_at_once(
+    make_engine: MakeEngine, target: FakeTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left CANCELLING with no runner (as by a replica that stopped): more than one
+    # claim of CANCELLING jobs takes; the worker claims again at once, not at its poll
+    # (made longer than the test may wait).
+    monkeypatch.setattr(worker, "POLL_INTERVAL", 10 * WAIT)
+    count = worker.CANCEL_CLAIM_LIMIT + 6
+    stopped = await make_engine(start=False)
+    holder = await create(stopped, "holder")  # the oldest: it takes the one slot
+    jobs = [await create(stopped, f"c-{i}") for i in range(count)]
+    for job in jobs:
+        await stopped.cancel(job.name)
+    engine = await make_engine(max_concurrent_jobs=1)
+    await target.started(holder.name, StepKind.PREPARING_VM_DISKS)
+    for job in jobs:
+        assert (await final(engine, job.name)).state is State.CANCELLED
+    assert target.steps_of(jobs[-1].name) == []
+    assert (await engine.get(holder.name)).state is State.ACTIVE
 
 
 @pytest.mark.parametrize("yields", range(6))
