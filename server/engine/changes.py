@@ -146,7 +146,7 @@ class JobChanges:
         `fn` returns its input unchanged to change nothing. With `epoch` the
         commit is fenced: LeaseLostError when that lease is gone.
         """
-        return await self._unsplit(self._change(name, fn, epoch))
+        return await self._unsplit(self._change_all(name, (fn,), epoch))
 
     async def change_all(
         self,
@@ -178,8 +178,8 @@ class JobChanges:
         """Wait for the changes under way (before the store closes)."""
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def _change(
-        self, name: str, fn: Callable[[CloneJob], CloneJob], epoch: int | None
+    async def _change_all(
+        self, name: str, fns: Sequence[Callable[[CloneJob], CloneJob]], epoch: int | None
     ) -> CloneJob:
         lock = self._locks.get(name)
         if lock is None:
@@ -188,31 +188,6 @@ class JobChanges:
             async with lock:  # one change at a time per job in this replica
                 # A runner's write is fenced and checked by revision: its cached copy
                 # needs no check first (a stale one fails the write and is re-read).
-                job = await self.get(name, check=epoch is None)
-                for _ in range(CHANGE_ATTEMPTS):
-                    new = fn(job)
-                    if new is job:
-                        return job
-                    try:
-                        await self.store.update(new, expected_revision=job.revision, epoch=epoch)
-                    except ConflictError:
-                        job = await self.fresh(name)  # another replica changed it: again
-                        continue
-                    self.committed(job, new)
-                    return new
-                raise ConflictError(f"{name} kept changing under {CHANGE_ATTEMPTS} attempts")
-        finally:
-            if not lock.locked() and self._locks.get(name) is lock:
-                del self._locks[name]
-
-    async def _change_all(
-        self, name: str, fns: Sequence[Callable[[CloneJob], CloneJob]], epoch: int | None
-    ) -> CloneJob:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        try:
-            async with lock:
                 job = await self.get(name, check=epoch is None)
                 remaining = list(fns)
                 for _ in range(CHANGE_ATTEMPTS):

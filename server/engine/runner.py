@@ -218,28 +218,18 @@ class Runner:
                 return
             last_ok = time.monotonic()
 
-    async def _change(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
+    async def _change(self, *fns: Callable[[CloneJob], CloneJob]) -> CloneJob:
+        """The job's changes under this lease, each its own revision, committed together."""
         if self.lost:
             raise LeaseLostError(self.name)
-        job = await self.changes.change(self.name, fn, epoch=self.epoch)
+        job = await self.changes.change_all(self.name, fns, epoch=self.epoch)
         if job.state.terminal:
             self._ended = True
         return job
 
-    async def _advance(self, fn: Callable[[CloneJob], CloneJob]) -> CloneJob:
-        """A change of the running job; a cancelling or ended job is left as it is."""
-        return await self._change(functools.partial(_unless_stopped, fn))
-
-    async def _advance_all(self, fns: list[Callable[[CloneJob], CloneJob]]) -> CloneJob:
-        """Changes of the running job, each its own revision, committed together."""
-        if self.lost:
-            raise LeaseLostError(self.name)
-        job = await self.changes.change_all(
-            self.name, [functools.partial(_unless_stopped, fn) for fn in fns], epoch=self.epoch
-        )
-        if job.state.terminal:
-            self._ended = True
-        return job
+    async def _advance(self, *fns: Callable[[CloneJob], CloneJob]) -> CloneJob:
+        """Changes of the running job; a cancelling or ended job is left as it is."""
+        return await self._change(*(functools.partial(_unless_stopped, fn) for fn in fns))
 
     async def _run_job(self) -> None:
         # The job as the claim read it, in the transaction that took the lease: a
@@ -287,11 +277,11 @@ class Runner:
                 return
             # The last report (100%) and the step's end: two revisions, one commit.
             pending = await self._end_progress()
-            changes: list[Callable[[CloneJob], CloneJob]] = []
-            if pending is not None:
-                changes.append(functools.partial(_with_progress, pending, clock))
-            changes.append(functools.partial(_finish_step, result, clock))
-            await self._advance_all(changes)
+            end = functools.partial(_finish_step, result, clock)
+            if pending is None:
+                await self._advance(end)
+            else:
+                await self._advance(functools.partial(_with_progress, pending, clock), end)
 
     async def _step(self, job: CloneJob, kind: StepKind) -> TargetResult:
         """Run `kind` in the target, with a log line at its start and its end (the
