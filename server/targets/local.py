@@ -143,34 +143,29 @@ class LocalTarget:
     # The folders below are made often (a few times per step) and pathlib is slow:
     # each is checked and made once per name, then kept.
 
-    def vm_dir(self, vm: MigratingVmName) -> Path:
-        key = str(vm)
+    def _folder(self, key: Any, root: Path, *parts: str) -> Path:
+        """`root` joined with `parts`, checked once per `key`."""
         path = self._paths.get(key)
         if path is None:
-            path = self._inside(self.snapshots, *vm.segments())
+            path = self._inside(root, *parts)
             _keep(self._paths, key, path)
         return path
+
+    def vm_dir(self, vm: MigratingVmName) -> Path:
+        return self._folder(str(vm), self.snapshots, *vm.segments())
 
     def cycle_dir(self, vm: MigratingVmName, cycle: str) -> Path:
         return self._inside(self.vm_dir(vm), "cycles", cycle)
 
     def zone_dir(self, job: CloneJob) -> Path:
-        key = ("zone", job.target.project, job.target.zone)
-        path = self._paths.get(key)
-        if path is None:
-            path = self._inside(
-                self.targets, "projects", job.target.project, "zones", job.target.zone
-            )
-            _keep(self._paths, key, path)
-        return path
+        project, zone = job.target.project, job.target.zone
+        return self._folder(
+            ("zone", project, zone), self.targets, "projects", project, "zones", zone
+        )
 
     def _zone_folder(self, job: CloneJob, name: str) -> Path:
         key = (name, job.target.project, job.target.zone)
-        path = self._paths.get(key)
-        if path is None:
-            path = self._inside(self.zone_dir(job), name)
-            _keep(self._paths, key, path)
-        return path
+        return self._folder(key, self.zone_dir(job), name)
 
     def disk_path(self, job: CloneJob, number: int) -> Path:
         return self._inside(self._zone_folder(job, "disks"), f"{_disk_stem(job, number)}.img")
@@ -343,13 +338,21 @@ class LocalTarget:
             return None
         return manifest, list(disks)
 
+    def _cached_data_bytes(self, path: Path, stamp: _Stamp) -> int | None:
+        """The cached data figure of `path` while it has `stamp` (its stat now); None
+        when none is cached for that stat."""
+        entry = self._data.get(str(path))
+        if entry is None or stamp is None or entry[0] != stamp:
+            return None
+        return entry[1]
+
     def _data_bytes(self, path: Path) -> int:
         """`disk_image.data_bytes`, cached while the file keeps its inode, size and times."""
         read_at = time.time_ns()
         stamp = _stamp(path)
-        entry = self._data.get(str(path))
-        if entry is not None and stamp is not None and entry[0] == stamp:
-            return entry[1]
+        cached = self._cached_data_bytes(path, stamp)
+        if cached is not None:
+            return cached
         value = disk_image.data_bytes(path)
         if stamp is not None and _settled([(str(path), stamp)], read_at):
             _keep(self._data, str(path), (stamp, value))
@@ -392,10 +395,10 @@ class LocalTarget:
                 return False  # whose it is needs a read
         needed = 0
         for disk in found[1]:
-            entry = self._data.get(str(disk.path))
-            if entry is None or entry[0] is None or _stamp(disk.path) != entry[0]:
+            data = self._cached_data_bytes(disk.path, _stamp(disk.path))
+            if data is None:
                 return False
-            needed += entry[1]
+            needed += data
         return needed <= self._available(job)
 
     def _available(self, job: CloneJob) -> int:
