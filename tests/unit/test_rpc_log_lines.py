@@ -3,6 +3,7 @@ exactly what the configured formatter makes of the same record."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
@@ -25,11 +26,12 @@ FIELDS = {
 }
 
 
-@pytest.fixture(params=["text", "json"])
-def sink(request: pytest.FixtureRequest) -> Iterator[logs._RpcLineSink]:
+@contextlib.contextmanager
+def configured(log_format: str, stream: io.StringIO) -> Iterator[logs._RpcLineSink]:
+    """configure_logging into `stream`; the root logger as it was afterwards."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    logs.configure_logging("INFO", request.param, io.StringIO())
+    logs.configure_logging("INFO", log_format, stream)
     assert logs._rpc_sink is not None
     try:
         yield logs._rpc_sink
@@ -38,6 +40,12 @@ def sink(request: pytest.FixtureRequest) -> Iterator[logs._RpcLineSink]:
         logs._rpc_sink = None
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+@pytest.fixture(params=["text", "json"])
+def sink(request: pytest.FixtureRequest) -> Iterator[logs._RpcLineSink]:
+    with configured(request.param, io.StringIO()) as configured_sink:
+        yield configured_sink
 
 
 @pytest.mark.parametrize(
@@ -94,11 +102,8 @@ def test_a_log_line_with_a_traceback_is_formatted_whole(sink: logs._RpcLineSink)
 
 
 def test_flush_writes_every_line_logged_before_it() -> None:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
     stream = io.StringIO()
-    logs.configure_logging("INFO", "text", stream)
-    try:
+    with configured("text", stream):
         logging.getLogger("clonejob.server").info("listening on %s", "127.0.0.1:1")
         logs.log_rpc("%s ok", ("Get",), {})
         logs.flush_logs()
@@ -107,9 +112,3 @@ def test_flush_writes_every_line_logged_before_it() -> None:
             "INFO clonejob.server: listening on 127.0.0.1:1",
             "INFO clonejob.rpc: Get ok",
         ]
-    finally:
-        assert logs._rpc_sink is not None
-        logs._rpc_sink.stop()
-        logs._rpc_sink = None
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
