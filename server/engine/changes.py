@@ -40,6 +40,16 @@ class ChangeObserver(Protocol):
         """`old` is None for a job just created."""
 
 
+class _JobLock:
+    """One job's change lock, and how many hold or await it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class JobChanges:
     """The cache of committed jobs, and the commit-then-publish path of every change."""
 
@@ -56,7 +66,7 @@ class JobChanges:
         self.clock = clock
         self._observers = tuple(observers)
         self._current: OrderedDict[str, CloneJob] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _JobLock] = {}
         self._hooks: list[Callable[[CloneJob | None, CloneJob], None]] = []
         # While the change feed is down, other replicas' changes go unseen: the
         # cache is not trusted (reads go to the store) until it resyncs.
@@ -155,9 +165,8 @@ class JobChanges:
         *,
         epoch: int | None = None,
     ) -> CloneJob:
-        """Apply each of `fns` in turn, each change its own revision, published in
-        order; the job after the last. Where the store commits concurrent writes
-        together (SQLite's group commit), the changes go in one transaction."""
+        """Apply each of `fns` in turn, each change its own revision, committed in
+        one transaction (all or none) and published in order; the job after the last."""
         return await self._unsplit(self._change_all(name, fns, epoch))
 
     async def _unsplit(self, work: Coroutine[Any, Any, T]) -> T:
@@ -181,69 +190,61 @@ class JobChanges:
     async def _change_all(
         self, name: str, fns: Sequence[Callable[[CloneJob], CloneJob]], epoch: int | None
     ) -> CloneJob:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
+        # The lock lives while anyone holds or awaits it: dropped sooner (when the
+        # holder leaves before a waiter has woken), a newcomer would make a second
+        # lock and change the job beside the waiter.
+        entry = self._locks.get(name)
+        if entry is None:
+            entry = self._locks[name] = _JobLock()
+        entry.users += 1
         try:
-            async with lock:  # one change at a time per job in this replica
+            async with entry.lock:  # one change at a time per job in this replica
                 # A runner's write is fenced and checked by revision: its cached copy
                 # needs no check first (a stale one fails the write and is re-read).
                 job = await self.get(name, check=epoch is None)
-                remaining = list(fns)
                 for _ in range(CHANGE_ATTEMPTS):
-                    chain: list[tuple[int, CloneJob, CloneJob]] = []  # (fn's index, old, new)
+                    chain: list[tuple[CloneJob, CloneJob]] = []  # (old, new)
                     current = job
-                    for index, fn in enumerate(remaining):
+                    for fn in fns:
                         new = fn(current)
                         if new is not current:
-                            chain.append((index, current, new))
+                            chain.append((current, new))
                             current = new
                     if not chain:
                         return job
-                    written, failure = await self._write_chain(chain, epoch)
+                    failure = await self._write_chain(chain, epoch)
                     if failure is None:
                         return current
                     if not isinstance(failure, ConflictError):
                         raise failure
-                    # Another replica changed it: what is not committed is computed again.
-                    if written:
-                        remaining = remaining[chain[written - 1][0] + 1 :]
+                    # Another replica changed it: the chain is computed again from it.
                     job = await self.fresh(name)
                 raise ConflictError(f"{name} kept changing under {CHANGE_ATTEMPTS} attempts")
         finally:
-            if not lock.locked() and self._locks.get(name) is lock:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._locks[name]
 
     async def _write_chain(
-        self, chain: list[tuple[int, CloneJob, CloneJob]], epoch: int | None
-    ) -> tuple[int, BaseException | None]:
-        """Commit the chain's changes in order, publishing each as it is committed;
-        how many were, and the error that stopped the rest."""
-        outcomes: list[BaseException | None] = []
-        if self.store.commits_together and len(chain) > 1:
-            # Handed over in one go, they share a transaction; each change is still
-            # conditional on the one before it, so a failure fails what follows.
-            results = await asyncio.gather(
-                *(
-                    self.store.update(new, expected_revision=old.revision, epoch=epoch)
-                    for _, old, new in chain
-                ),
-                return_exceptions=True,
-            )
-            outcomes = [r if isinstance(r, BaseException) else None for r in results]
-        else:
-            for _, old, new in chain:
-                try:
-                    await self.store.update(new, expected_revision=old.revision, epoch=epoch)
-                except Exception as error:
-                    outcomes.append(error)
-                    break
-                outcomes.append(None)
-        for written, ((_, old, new), outcome) in enumerate(zip(chain, outcomes, strict=False)):
-            if outcome is not None:
-                return written, outcome
+        self, chain: list[tuple[CloneJob, CloneJob]], epoch: int | None
+    ) -> BaseException | None:
+        """Commit the chain's changes (all or none), then publish each in order; the
+        error that refused them, if any."""
+        first = chain[0][0]
+        try:
+            if len(chain) == 1:
+                await self.store.update(chain[0][1], expected_revision=first.revision, epoch=epoch)
+            else:
+                # One commit: each change is computed from the one before it, so none
+                # may land over a revision that another writer made.
+                await self.store.update_chain(
+                    [new for _, new in chain], expected_revision=first.revision, epoch=epoch
+                )
+        except Exception as error:
+            return error
+        for old, new in chain:
             self.committed(old, new)
-        return len(chain), None
+        return None
 
     def committed(self, old: CloneJob | None, new: CloneJob) -> None:
         """A change this replica committed: remember, publish, tell."""

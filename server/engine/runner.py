@@ -268,6 +268,7 @@ class Runner:
             except StepCancelledError:
                 if self._stopping:
                     return
+                await self._confirm_cancel()
                 continue
             except StepFailedError as failure:
                 await self._finish(await self.changes.get(self.name), failure.error)
@@ -282,6 +283,21 @@ class Runner:
                 await self._advance(end)
             else:
                 await self._advance(functools.partial(_with_progress, pending, clock), end)
+
+    async def _confirm_cancel(self) -> None:
+        """The step stopped for a cancel: the job as stored says whether one is under
+        way. Were there none, the step would only stop again at once, over and over:
+        the stop is taken back and the step runs again."""
+        if self.lost:
+            return
+        job = await self.changes.fresh(self.name)
+        if job.state is not State.CANCELLING and not job.state.terminal:
+            log.warning(
+                "%s: its step stopped for a cancel the job does not show (%s); it runs again",
+                self.name,
+                job.state.name,
+            )
+            self.cancelled.clear()
 
     async def _step(self, job: CloneJob, kind: StepKind) -> TargetResult:
         """Run `kind` in the target, with a log line at its start and its end (the

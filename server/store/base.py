@@ -91,8 +91,6 @@ class JobStore(Protocol):
     # True when this server is the store's only writer (SQLite's lock file): what it
     # cached of a job stays right without asking the store again.
     exclusive: bool
-    # True when writes handed over together may share one transaction (and fsync).
-    commits_together: bool
 
     async def open(self) -> None: ...
 
@@ -113,6 +111,14 @@ class JobStore(Protocol):
         With `epoch`, only while that epoch is the job's live (unexpired) lease,
         else LeaseLostError (checked before the revision). A job reaching a
         terminal state under a lease releases it in the same commit.
+        """
+
+    async def update_chain(
+        self, jobs: Sequence[CloneJob], *, expected_revision: int, epoch: int | None = None
+    ) -> None:
+        """`update` of each of `jobs` in turn, each expecting the revision of the one
+        before it (the first, `expected_revision`), all in one commit or none of them:
+        a later change is never committed over a revision its predecessor did not write.
         """
 
     async def get(self, name: str) -> CloneJob | None: ...

@@ -261,7 +261,6 @@ class PostgresJobStore:
 
     # Other replicas write too.
     exclusive = False
-    commits_together = False  # each write is its own transaction, on a connection of the pool
 
     def describe(self) -> str:
         return f"postgresql://{self._where}"
@@ -362,6 +361,20 @@ class PostgresJobStore:
     async def update(
         self, job: CloneJob, *, expected_revision: int, epoch: int | None = None
     ) -> None:
+        async with self._connection() as conn:
+            await self._update(conn, job, expected_revision, epoch)
+
+    async def update_chain(
+        self, jobs: Sequence[CloneJob], *, expected_revision: int, epoch: int | None = None
+    ) -> None:
+        async with self._connection() as conn, conn.transaction():
+            for job in jobs:
+                await self._update(conn, job, expected_revision, epoch)
+                expected_revision = job.revision
+
+    async def _update(
+        self, conn: Connection, job: CloneJob, expected_revision: int, epoch: int | None
+    ) -> None:
         # A finished job needs no worker: its lease goes in the same commit.
         release = ", lease_owner = NULL, lease_expires = NULL" if job.state.terminal else ""
         fence = (
@@ -376,31 +389,30 @@ class PostgresJobStore:
             "epoch": epoch,
             "dropped": job.revision - self.revision_retention,
         }
-        async with self._connection() as conn:
-            cursor = await conn.execute(
-                "WITH changed AS ("
-                " UPDATE clone_jobs SET state = %(state)s, revision = %(revision)s,"
-                f"  record = %(record)s{release}"
-                f" WHERE name = %(name)s AND revision = %(expected)s{fence}"
-                " RETURNING name, revision, record),"
-                " kept AS ("
-                " INSERT INTO clone_job_revisions (name, revision, record)"
-                " SELECT name, revision, record FROM changed),"
-                " compacted AS ("
-                " DELETE FROM clone_job_revisions WHERE name = %(name)s"
-                "  AND revision <= %(dropped)s AND EXISTS (SELECT 1 FROM changed))"
-                " SELECT count(*) FROM changed",
-                args,
-            )
-            row = await cursor.fetchone()
-            if row is not None and row[0] == 1:
-                return
-            # Nothing was written; say why, the lease first.
-            cursor = await conn.execute(
-                "SELECT lease_epoch, lease_expires > now() FROM clone_jobs WHERE name = %s",
-                (job.name,),
-            )
-            current = await cursor.fetchone()
+        cursor = await conn.execute(
+            "WITH changed AS ("
+            " UPDATE clone_jobs SET state = %(state)s, revision = %(revision)s,"
+            f"  record = %(record)s{release}"
+            f" WHERE name = %(name)s AND revision = %(expected)s{fence}"
+            " RETURNING name, revision, record),"
+            " kept AS ("
+            " INSERT INTO clone_job_revisions (name, revision, record)"
+            " SELECT name, revision, record FROM changed),"
+            " compacted AS ("
+            " DELETE FROM clone_job_revisions WHERE name = %(name)s"
+            "  AND revision <= %(dropped)s AND EXISTS (SELECT 1 FROM changed))"
+            " SELECT count(*) FROM changed",
+            args,
+        )
+        row = await cursor.fetchone()
+        if row is not None and row[0] == 1:
+            return
+        # Nothing was written; say why, the lease first.
+        cursor = await conn.execute(
+            "SELECT lease_epoch, lease_expires > now() FROM clone_jobs WHERE name = %s",
+            (job.name,),
+        )
+        current = await cursor.fetchone()
         if epoch is not None and (current is None or current[0] != epoch or not current[1]):
             raise LeaseLostError(f"{job.name}: epoch {epoch} is not its live lease")
         raise ConflictError(f"{job.name} is not at revision {expected_revision}")

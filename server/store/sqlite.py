@@ -213,8 +213,6 @@ class SqliteJobStore:
 
     # The lock file keeps every other server off this database.
     exclusive = True
-    # Group commit: writes queued while one transaction runs go in the next.
-    commits_together = True
 
     def describe(self) -> str:
         return str(self.path)
@@ -234,6 +232,23 @@ class SqliteJobStore:
         self, job: CloneJob, *, expected_revision: int, epoch: int | None = None
     ) -> None:
         await self._write(functools.partial(self._replace, job, expected_revision, epoch))
+
+    async def update_chain(
+        self, jobs: Sequence[CloneJob], *, expected_revision: int, epoch: int | None = None
+    ) -> None:
+        # One operation, so one savepoint: a refused change undoes the ones before it.
+        await self._write(functools.partial(self._replace_chain, jobs, expected_revision, epoch))
+
+    def _replace_chain(
+        self,
+        jobs: Sequence[CloneJob],
+        expected_revision: int,
+        epoch: int | None,
+        conn: sqlite3.Connection,
+    ) -> None:
+        for job in jobs:
+            self._replace(job, expected_revision, epoch, conn)
+            expected_revision = job.revision
 
     async def _write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """`op` committed in the next transaction. A transaction of only changes that

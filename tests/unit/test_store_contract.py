@@ -370,6 +370,51 @@ class TestJobStoreContract:
             await store.update(newer, expected_revision=expected)
             assert await store.get(job.name) == newer
 
+    async def test_store_update_chain_commits_every_revision(self, store: JobStore) -> None:
+        job = make_job("chain")
+        await store.create(job)
+        started = job.start_step(StepKind.PREPARING_VM_DISKS, at(1))
+        await store.update(started, expected_revision=1)
+        moved = started.with_progress(Progress(percent=100), at(2))
+        ended = moved.finish_step_and_go_on(at(2), TargetResult())
+        await store.update_chain([moved, ended], expected_revision=2)
+        assert await store.get(job.name) == ended
+        assert await store.revisions(job.name, after=0) == [job, started, moved, ended]
+
+    async def test_store_update_chain_over_another_writers_revision_writes_nothing(
+        self, store: JobStore
+    ) -> None:
+        # A Cancel took revision 3; a chain computed from revision 2 numbers its
+        # changes 3 and 4. Its second change expects 3 and must not land over the
+        # Cancel's 3: the whole chain is refused, the job stays CANCELLING.
+        job = make_job("race")
+        await store.create(job)
+        started = job.start_step(StepKind.PREPARING_VM_DISKS, at(1))
+        await store.update(started, expected_revision=1)
+        cancelling = started.request_cancel(at(2))
+        await store.update(cancelling, expected_revision=2)
+        moved = started.with_progress(Progress(percent=100), at(2))
+        ended = moved.finish_step_and_go_on(at(2), TargetResult())
+        assert moved.revision == cancelling.revision and ended.revision == 4
+        with pytest.raises(ConflictError):
+            await store.update_chain([moved, ended], expected_revision=2)
+        assert await store.get(job.name) == cancelling
+        assert await store.revisions(job.name, after=0) == [job, started, cancelling]
+
+    async def test_store_update_chain_under_a_lost_lease_writes_nothing(
+        self, store: JobStore
+    ) -> None:
+        job = make_job("lost-chain")
+        await store.create(job)
+        (lease,) = (await store.claim("a", limit=1, ttl=30)).leases
+        started = job.start_step(StepKind.PREPARING_VM_DISKS, at(1))
+        moved = started.with_progress(Progress(percent=100), at(2))
+        with pytest.raises(LeaseLostError):
+            await store.update_chain([started, moved], expected_revision=1, epoch=lease.epoch + 1)
+        assert await store.get(job.name) == job
+        await store.update_chain([started, moved], expected_revision=1, epoch=lease.epoch)
+        assert await store.get(job.name) == moved
+
     async def test_store_update_of_missing_job_conflicts(self, store: JobStore) -> None:
         job = make_job("ghost").start_step(StepKind.PREPARING_VM_DISKS, at(1))
         with pytest.raises(ConflictError):
