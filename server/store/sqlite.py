@@ -49,6 +49,12 @@ def migrations() -> list[str]:
 
 # Changes committed together at most (one transaction, one fsync).
 MAX_BATCH = 256
+# Group commit: changes queued while a transaction runs go in the next one. When
+# some did queue (writers contend), that next batch first lingers for LINGER, so a
+# steady stream of changes shares each fsync among many, not one or two: at 64
+# Creates in flight batches went from 1-2 to 5-8 changes and a Create's server CPU
+# fell by a quarter. A lone writer (nothing queued behind it) never waits.
+LINGER = 0.001
 _UNFINISHED = tuple(int(s) for s in State if not s.terminal)
 # A change that fails with one of these fails alone; the rest of its batch commits.
 _FAILS_ALONE = (sqlite3.IntegrityError, ConflictError, DuplicateJobError, LeaseLostError)
@@ -262,7 +268,10 @@ class SqliteJobStore:
         return cast(T, await future)
 
     async def _flush(self) -> None:
+        contended = False
         while self._pending:
+            if contended:
+                await asyncio.sleep(LINGER)
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
             ops = [op for op, _, _ in batch]
@@ -278,6 +287,7 @@ class SqliteJobStore:
                 raise
             except Exception as error:  # the COMMIT itself failed: nothing was written
                 outcomes = [(None, error)] * len(batch)
+            contended = bool(self._pending)
             for (_, _, future), (value, failure) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
