@@ -15,9 +15,11 @@ import itertools
 import os
 import random
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -52,6 +54,7 @@ from server.store import (
     records,
     schema,
 )
+from server.store import sqlite as sqlite_store
 from server.store.base import (
     ClaimResult,
     ConflictError,
@@ -993,6 +996,51 @@ class TestSqliteJobStore:
                 return_exceptions=True,
             )
             assert results[0] is None and isinstance(results[1], ConflictError)
+        finally:
+            await store.close()
+
+    async def test_sqlite_store_group_commit_lingers_only_when_changes_queue_behind(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = SqliteJobStore(tmp_path / "db.sqlite")
+        await store.open()
+        lingers: list[float] = []
+        real_sleep = asyncio.sleep
+
+        async def sleep(delay: float) -> None:
+            lingers.append(delay)
+            await real_sleep(0)
+
+        monkeypatch.setattr(
+            sqlite_store, "asyncio", SimpleNamespace(**{**vars(asyncio), "sleep": sleep})
+        )
+        try:
+            # A lone writer: each change commits at once.
+            for i in range(3):
+                await store.create(make_job(f"alone-{i}"))
+            assert lingers == []
+            # Changes that queue while a transaction runs: the next batch lingers once
+            # for more, then commits them together.
+            held, release = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                held.set()
+                release.wait(10)
+
+            blocker = store._writer.run(hold)
+            first = asyncio.ensure_future(store.create(make_job("first")))
+            await asyncio.to_thread(held.wait, 10)
+            await real_sleep(0)  # the first change's transaction waits behind the blocker
+            behind = [
+                asyncio.ensure_future(store.create(make_job(f"behind-{i}"))) for i in range(5)
+            ]
+            await real_sleep(0)
+            release.set()
+            await blocker
+            await asyncio.gather(first, *behind)
+            assert lingers == [sqlite_store.LINGER]
+            for i in range(5):
+                assert await store.get(make_job(f"behind-{i}").name) is not None
         finally:
             await store.close()
 
