@@ -453,6 +453,33 @@ async def test_engine_cancel_blocked_step_ends_cancelled(
     assert await engine.cancel(job.name) == done  # a repeated cancel changes nothing
 
 
+async def test_engine_step_stopped_for_a_cancel_the_job_does_not_show_runs_again(
+    engine: Engine, target: FakeTarget
+) -> None:
+    # A runner told to cancel while the stored job is not CANCELLING (the state
+    # CI once reached, when a chain's change landed over a Cancel's revision)
+    # must not stop its step over and over: it takes the stop back and goes on.
+    job = await create(engine, "not-cancelled")
+    await run_to(target, job.name, StepKind.ADAPTING_OS)
+    runner = engine.worker.runner(job.name)
+    assert runner is not None
+    runner.cancel_step()
+    await target.step_cancelled(job.name, StepKind.ADAPTING_OS)
+    await target.started(job.name, StepKind.ADAPTING_OS, attempt=2)
+    assert not runner.cancelled.is_set()  # else the step would stop again at once
+    target.release(job.name, StepKind.ADAPTING_OS)
+    await target.started(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
+    target.release(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
+    done = await final(engine, job.name)
+    assert done.state is State.SUCCEEDED
+    assert target.steps_of(job.name) == [
+        StepKind.PREPARING_VM_DISKS,
+        StepKind.ADAPTING_OS,
+        StepKind.ADAPTING_OS,
+        StepKind.INSTANTIATING_MIGRATED_VM,
+    ]
+
+
 async def test_engine_cancel_twice_while_cancelling_returns_cancelling(
     engine: Engine, target: FakeTarget
 ) -> None:
