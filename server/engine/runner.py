@@ -137,9 +137,12 @@ class Runner:
     # -- running --
 
     async def run(self) -> None:
-        renewal = asyncio.create_task(self._renew(), name=f"lease {self.name}")
-        if not self._renew_lease:
-            renewal.cancel()
+        # A lease that lasts the process (SQLite's) has nothing to renew.
+        renewal = (
+            asyncio.create_task(self._renew(), name=f"lease {self.name}")
+            if self._renew_lease
+            else None
+        )
         why = "the job ended"
         try:
             await self._run_job()
@@ -179,10 +182,11 @@ class Runner:
                     why = "the replica stops"
                 log.info("%s: runner of lease epoch %d ended (%s)", self.name, self.epoch, why)
 
-    async def _wind_up(self, renewal: asyncio.Task[None]) -> None:
+    async def _wind_up(self, renewal: asyncio.Task[None] | None) -> None:
         """Stop renewing, let the last progress commit land, give the lease back."""
-        renewal.cancel()
-        await asyncio.gather(renewal, return_exceptions=True)
+        if renewal is not None:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
         if self._progress_task is not None:
             await asyncio.gather(self._progress_task, return_exceptions=True)
         if self.lost or self._ended:
@@ -333,6 +337,7 @@ class Runner:
             # The step's start was committed just now: the first report waits out the
             # interval too (a short copy's 0% is replaced by its 100%, one commit).
             self._last_progress = time.monotonic()
+            sent: list[Progress] = []  # the last report handed to the loop
 
             def progress(
                 done: int,
@@ -350,6 +355,9 @@ class Runner:
                     virtual_bytes=virtual_bytes,
                     disks=disks,
                 )
+                if sent and sent[0] == value:
+                    return  # the same report again (a copy's end, then the step's): no hop
+                sent[:] = [value]
                 loop.call_soon_threadsafe(self._progress, value)
 
             return await self.target.prepare_disks(job, progress, self.cancelled, fence)
