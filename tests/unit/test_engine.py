@@ -319,6 +319,14 @@ async def run_to(target: FakeTarget, name: str, kind: StepKind) -> None:
     await target.started(name, kind)
 
 
+async def release_from(target: FakeTarget, name: str, kind: StepKind) -> None:
+    """Release `kind`, which has started, and every later step once it has started."""
+    target.release(name, kind)
+    for later in VM_PLAN[VM_PLAN.index(kind) + 1 :]:
+        await target.started(name, later)
+        target.release(name, later)
+
+
 def assert_contiguous(items: list[CloneJob]) -> None:
     revisions = [j.revision for j in items]
     assert revisions == list(range(revisions[0], revisions[0] + len(revisions)))
@@ -374,9 +382,7 @@ async def test_engine_reports_step_progress(engine: Engine, target: FakeTarget) 
     watch = engine.watch(job.name, after_revision=0, heartbeat_interval=QUIET)
     collector = asyncio.create_task(collect(watch))
     await run_to(target, job.name, StepKind.ADAPTING_OS)
-    target.release(job.name, StepKind.ADAPTING_OS)
-    await target.started(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
-    target.release(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
+    await release_from(target, job.name, StepKind.ADAPTING_OS)
     items = await within(collector)
     reported = [
         j for j in items if j.progress == Progress(percent=50, bytes_done=50, bytes_total=100)
@@ -467,9 +473,7 @@ async def test_engine_step_stopped_for_a_cancel_the_job_does_not_show_runs_again
     await target.step_cancelled(job.name, StepKind.ADAPTING_OS)
     await target.started(job.name, StepKind.ADAPTING_OS, attempt=2)
     assert not runner.cancelled.is_set()  # else the step would stop again at once
-    target.release(job.name, StepKind.ADAPTING_OS)
-    await target.started(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
-    target.release(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
+    await release_from(target, job.name, StepKind.ADAPTING_OS)
     done = await final(engine, job.name)
     assert done.state is State.SUCCEEDED
     assert target.steps_of(job.name) == [
@@ -744,9 +748,7 @@ async def test_engine_recovers_interrupted_step_and_cancelling_job(
     second = await make_engine(start=False)
     assert await second.start() == 2
     await target.started(resumed.name, StepKind.ADAPTING_OS, attempt=2)
-    target.release(resumed.name, StepKind.ADAPTING_OS)
-    await target.started(resumed.name, StepKind.INSTANTIATING_MIGRATED_VM)
-    target.release(resumed.name, StepKind.INSTANTIATING_MIGRATED_VM)
+    await release_from(target, resumed.name, StepKind.ADAPTING_OS)
 
     done = await final(second, resumed.name)
     assert done.state is State.SUCCEEDED
@@ -822,9 +824,7 @@ async def test_engine_watch_after_revision_on_live_job(
     await run_to(target, job.name, StepKind.ADAPTING_OS)  # at revision 4
     watch = engine.watch(job.name, after_revision=after, heartbeat_interval=QUIET)
     collector = asyncio.create_task(collect(watch))
-    target.release(job.name, StepKind.ADAPTING_OS)
-    await target.started(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
-    target.release(job.name, StepKind.INSTANTIATING_MIGRATED_VM)
+    await release_from(target, job.name, StepKind.ADAPTING_OS)
     items = await within(collector)
     assert items == list(await store.revisions(job.name, after=after))
     assert items[0].revision == after + 1
