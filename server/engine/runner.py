@@ -337,7 +337,7 @@ class Runner:
             # The step's start was committed just now: the first report waits out the
             # interval too (a short copy's 0% is replaced by its 100%, one commit).
             self._last_progress = time.monotonic()
-            sent: list[Progress] = []  # the last report handed to the loop
+            sent: Progress | None = None  # the last report handed to the loop
 
             def progress(
                 done: int,
@@ -347,6 +347,7 @@ class Runner:
                 virtual_bytes: int = 0,
                 disks: tuple[DiskProgress, ...] = (),
             ) -> None:
+                nonlocal sent
                 percent = 100 if total <= 0 else min(100, done * 100 // total)
                 value = Progress(
                     percent=percent,
@@ -355,9 +356,9 @@ class Runner:
                     virtual_bytes=virtual_bytes,
                     disks=disks,
                 )
-                if sent and sent[0] == value:
+                if value == sent:
                     return  # the same report again (a copy's end, then the step's): no hop
-                sent[:] = [value]
+                sent = value
                 loop.call_soon_threadsafe(self._progress, value)
 
             return await self.target.prepare_disks(job, progress, self.cancelled, fence)
