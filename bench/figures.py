@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +82,19 @@ class Run:
     profiles: list[Any] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     details: dict[str, Any] = field(default_factory=dict)
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
 
     def scale(self, full: Any, quick: Any) -> Any:
         """The full-run value, or the quick one with --quick."""
         return quick if self.quick else full
 
     def tmpdir(self, name: str) -> Path:
-        path = self.workdir / name
+        """`workdir/name`, its first folder named for this run too (`job_cost.1f2e3d`):
+        below a top of directory hierarchies, ext4 places a new folder by its name's
+        hash, and a fixed name would land where the last run's was just deleted (see
+        `bench.__main__._fresh_block_groups`)."""
+        first, _, rest = name.partition("/")
+        path = self.workdir / f"{first}.{self.tag}" / rest
         path.mkdir(parents=True, exist_ok=True)
         return path
 
