@@ -16,6 +16,11 @@ to the server: the syscalls per job, the fsyncs (fsync + fdatasync) per job, and
 the revisions the engine wrote per job (each in a commit of its own, or sharing
 one with others: a step's last progress and its end, other jobs' changes by the
 group commit).
+
+After them, a VM job's two parts, each measured on its own in the bench's
+process on the server core (bench/job_parts.py): the target's steps alone and the
+engine alone. They have no goal: they say what the goal on a whole job has to
+fit in on the machine of the day.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, loadgen, processes
+from bench import fixtures, job_parts, loadgen, processes
 from bench.figures import Figure, Run
 from bench.processes import sample_vm
 from bench.profiles import profiled
@@ -260,10 +265,12 @@ def run(run: Run) -> list[Figure]:
         fsync_us = fsync_cpu_us(work / "fsync")
         fsync_disk_us = fsync_cpu_us(work / "fsync", size=1 << 20, rounds=50)
     bare_us = bare["server_cpu_us_per_call"]
+    parts = job_parts.measure(run.tmpdir("job_cost/parts"), run.scale(150, 50), run.server_cpus)
     results: dict[str, Any] = {
         "rounds": rounds,
         "bare": bares,
         "fsync_cpu_us": {"4KiB": fsync_us, "1MiB": fsync_disk_us},
+        "vm_parts": parts,
     }
     figures: list[Figure] = []
     for vm in (False, True):
@@ -309,5 +316,29 @@ def run(run: Run) -> list[Figure]:
                 f" the jobs' files went, just before each round" + counts + odd,
             )
         )
+    figures += [
+        Figure(
+            benchmark="job_cost",
+            name="VM job's part: the target's steps alone",
+            measured=parts["target_cpu_us_per_job"],
+            baseline=bare_us,
+            unit="us",
+            higher_is_better=False,
+            note=f"{parts['jobs']} VM jobs' three steps in LocalTarget, one after another, in"
+            " the bench's process on the server core: the 1 MiB copy, boot detection, the"
+            " instance's files, every file and folder synced; no engine, store or gRPC",
+        ),
+        Figure(
+            benchmark="job_cost",
+            name="VM job's part: the engine alone",
+            measured=parts["engine_cpu_us_per_job"],
+            baseline=bare_us,
+            unit="us",
+            higher_is_better=False,
+            note=f"{parts['jobs']} waiting VM jobs run by the engine on the real SQLite store"
+            " with a target that does no I/O (it reports 0% and 100% as the local one does),"
+            " in the bench's process on the server core; no watchers, no gRPC, no log lines",
+        ),
+    ]
     run.details["job_cost"] = {"jobs": jobs, "results": results}
     return figures
