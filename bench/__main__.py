@@ -72,7 +72,7 @@ def _fresh_block_groups(folder: Path) -> bool:
     Why: ext4 without a journal (this machine's root) never reuses an inode freed
     in the last minute or more, and finds that out one freed inode at a time, on
     every file it creates in that group. After a few thousand deletions nearby (the
-    test suite, an earlier bench run's cleanup) a new file was measured at 380-560 us
+    test suite, an earlier bench run's cleanup) a new file was measured at 170-560 us
     of CPU instead of 15 us, which made a VM clone job cost twice what the service
     spends on it. Folders of their own take the benchmarks out of that history."""
     try:

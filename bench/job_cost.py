@@ -97,7 +97,7 @@ def fsync_cpu_us(folder: Path, *, size: int = 4096, rounds: int = 200) -> float:
 def file_create_cpu_us(folder: Path, *, rounds: int = 200) -> float:
     """CPU of creating one empty file in a new `folder`, now. On ext4 without a
     journal it grows with the files deleted nearby in the last minutes (each new
-    inode skips those one by one): 15 us on a quiet disk, 380-560 us measured after
+    inode skips those one by one): 15 us on a quiet disk, 170-560 us measured after
     a few thousand deletions. A clone job creates one file per disk, and a VM job
     two more (its definition and its domain XML)."""
     folder.mkdir(parents=True)
