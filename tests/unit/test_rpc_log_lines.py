@@ -112,3 +112,45 @@ def test_flush_writes_every_line_logged_before_it() -> None:
             "INFO clonejob.server: listening on 127.0.0.1:1",
             "INFO clonejob.rpc: Get ok",
         ]
+
+
+def _grpc_logs_a_failed_send(method: str) -> None:
+    """What grpc.aio's server logs when a send fails in the core before it has seen
+    the client close the call (its message, its logger, its traceback)."""
+    try:
+        raise RuntimeError('Failed "execute_batch": (SendMessageOperation,)')
+    except RuntimeError:
+        logging.getLogger(logs.GRPC_AIO_LOGGER).exception(
+            "ExecuteBatchError raised in core by servicer method [%s]" % method  # noqa: UP031
+        )
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_send_on_a_call_its_client_left_is_a_warning_not_a_server_error(
+    log_format: str,
+) -> None:
+    stream = io.StringIO()
+    with configured(log_format, stream):
+        _grpc_logs_a_failed_send("/clonejob.v1.CloneJobService/WatchCloneJob")
+        # Anything else grpc logs keeps its level and its traceback.
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger(logs.GRPC_AIO_LOGGER).exception(
+                "Unexpected [ValueError] raised by servicer method [/x.Y/Z]"
+            )
+        logs.flush_logs()
+    text = stream.getvalue()
+    first, *rest = text.splitlines()
+    assert "WARNING" in first and "ERROR" not in first
+    assert "/clonejob.v1.CloneJobService/WatchCloneJob: the call was gone" in first
+    assert "execute_batch" not in text  # the first line's traceback is left out
+    assert "ERROR" in rest[0] and "Unexpected [ValueError]" in rest[0]
+    assert "ValueError: boom" in text
+
+
+def test_configuring_logging_twice_filters_grpc_once() -> None:
+    with configured("text", io.StringIO()):
+        logs.configure_logging("INFO", "json", io.StringIO())
+        filters = logging.getLogger(logs.GRPC_AIO_LOGGER).filters
+        assert sum(isinstance(f, logs._ClientGoneDuringSend) for f in filters) == 1
