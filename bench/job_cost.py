@@ -316,29 +316,33 @@ def run(run: Run) -> list[Figure]:
                 f" the jobs' files went, just before each round" + counts + odd,
             )
         )
-    figures += [
-        Figure(
-            benchmark="job_cost",
-            name="VM job's part: the target's steps alone",
-            measured=parts["target_cpu_us_per_job"],
-            baseline=bare_us,
-            unit="us",
-            higher_is_better=False,
-            note=f"{parts['jobs']} VM jobs' three steps in LocalTarget, one after another, in"
-            " the bench's process on the server core: the 1 MiB copy, boot detection, the"
-            " instance's files, every file and folder synced; no engine, store or gRPC",
+    n = parts["jobs"]
+    for part, key, what in (
+        (
+            "the target's steps alone",
+            "target_cpu_us_per_job",
+            f"{n} VM jobs' three steps in LocalTarget, one after another: the 1 MiB copy,"
+            " boot detection, the instance's files, every file and folder synced; no"
+            " engine, store or gRPC",
         ),
-        Figure(
-            benchmark="job_cost",
-            name="VM job's part: the engine alone",
-            measured=parts["engine_cpu_us_per_job"],
-            baseline=bare_us,
-            unit="us",
-            higher_is_better=False,
-            note=f"{parts['jobs']} waiting VM jobs run by the engine on the real SQLite store"
-            " with a target that does no I/O (it reports 0% and 100% as the local one does),"
-            " in the bench's process on the server core; no watchers, no gRPC, no log lines",
+        (
+            "the engine alone",
+            "engine_cpu_us_per_job",
+            f"{n} waiting VM jobs run by the engine on the real SQLite store with a target"
+            " that does no I/O (it reports 0% and 100% as the local one does); no watchers,"
+            " no gRPC, no log lines",
         ),
-    ]
+    ):
+        figures.append(
+            Figure(
+                benchmark="job_cost",
+                name=f"VM job's part: {part}",
+                measured=parts[key],
+                baseline=bare_us,
+                unit="us",
+                higher_is_better=False,
+                note=what + "; in the bench's process on the server core",
+            )
+        )
     run.details["job_cost"] = {"jobs": jobs, "results": results}
     return figures
