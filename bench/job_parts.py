@@ -27,20 +27,11 @@ from server.domain.job import CloneJob, State, TargetResult
 from server.domain.names import CloneJobName, MigratingVmName
 from server.engine import Engine
 from server.store import SqliteJobStore
-from server.targets.base import Fence, ProgressFn
+from server.targets.base import Fence, NoFence, ProgressFn
 from server.targets.local import LocalTarget
 
 POLL_INTERVAL = 0.02
 RUN_TIMEOUT = 120.0
-
-
-class _Held:
-    """A fence whose lease is always held (one process, nothing to take it over)."""
-
-    epoch = 1
-
-    def check(self) -> None:
-        return None
 
 
 class _ReportingNoIoTarget(engine_bench.NoIoTarget):
@@ -62,7 +53,7 @@ async def _target_alone(data: Path, jobs: int) -> float:
     """CPU seconds of `jobs` VM jobs' three steps in the local target."""
     target = LocalTarget(data)
     cancelled = threading.Event()
-    fence = _Held()
+    fence = NoFence()  # outside any lease: always held, as with one process
     templates = [store_rates.sample_job(f"t-{i}", vm=True) for i in range(jobs)]
     started = time.process_time()
     for job in templates:
